@@ -1,0 +1,188 @@
+"""The wire contract between the control plane and the gateway.
+
+Both planes import this module and nothing else of each other: the control plane
+publishes a snapshot in this shape and reads usage events in this shape; the
+gateway does the reverse. It must stay free of Django and of any I/O library.
+
+Changing a shape here is a protocol change: bump ``SNAPSHOT_SCHEMA`` or
+``USAGE_SCHEMA`` and keep readers tolerant of the previous version for one release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict
+
+# --------------------------------------------------------------------------- Redis names
+#: Every Redis key this platform writes starts with this prefix, so a shared Redis
+#: can be inspected (and flushed in tests) without touching anything else.
+KEY_PREFIX = "sap:"
+#: The full snapshot, one JSON document (see ``Snapshot``).
+SNAPSHOT_KEY = KEY_PREFIX + "snapshot"
+#: Pub/sub channel; the message is the new snapshot's version as a decimal string.
+SNAPSHOT_CHANNEL = KEY_PREFIX + "snapshot:changed"
+#: Redis stream of usage events (one field ``event`` holding the JSON of ``UsageEvent``).
+USAGE_STREAM = KEY_PREFIX + "usage"
+#: Consumer group that writes usage events into the control plane's ledger.
+USAGE_GROUP = "ledger"
+#: Prefix of the gateway's limit counters (rate windows, budgets, concurrency slots).
+LIMITS_PREFIX = KEY_PREFIX + "lim:"
+
+SNAPSHOT_SCHEMA = 1
+USAGE_SCHEMA = 1
+
+# --------------------------------------------------------------------------- API keys
+#: Visible part of every key: ``sk-<prefix>.<secret>``.
+KEY_FORMAT_PREFIX = "sk-"
+PREFIX_LENGTH = 12  # characters of [a-z0-9] used to look a key up
+SECRET_BYTES = 32
+_KEY_RE = re.compile(r"^sk-([a-z0-9]{12})\.([A-Za-z0-9_-]{20,128})$")
+
+SCOPE_INFERENCE = "inference"
+SCOPE_MANAGE = "manage"
+SCOPES = (SCOPE_INFERENCE, SCOPE_MANAGE)
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    prefix: str
+    secret: str
+
+
+def generate_api_key() -> tuple[str, str, str]:
+    """Return ``(full_key, prefix, secret)`` for a new key. Show ``full_key`` once."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    prefix = "".join(secrets.choice(alphabet) for _ in range(PREFIX_LENGTH))
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    return f"{KEY_FORMAT_PREFIX}{prefix}.{secret}", prefix, secret
+
+
+def parse_api_key(raw: str | None) -> ParsedKey | None:
+    """Split a presented key into prefix and secret; ``None`` if it is not one of ours."""
+    if not raw:
+        return None
+    match = _KEY_RE.match(raw.strip())
+    if not match:
+        return None
+    return ParsedKey(prefix=match.group(1), secret=match.group(2))
+
+
+def hash_api_key_secret(secret: str, pepper: bytes) -> str:
+    """Keyed hash of a key's secret (HMAC-SHA256, hex). The pepper never leaves the
+    servers' configuration (``API_KEY_PEPPER``); the database and the snapshot hold
+    only this digest."""
+    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def verify_api_key_secret(secret: str, stored_hash: str, pepper: bytes) -> bool:
+    return hmac.compare_digest(hash_api_key_secret(secret, pepper), stored_hash)
+
+
+# --------------------------------------------------------------------------- snapshot
+class Limits(TypedDict, total=False):
+    """Limits of one subject (key, team or organization); a missing or ``None``
+    value means no limit at that level. The effective limit of a request is the
+    tightest over its key, team and organization."""
+
+    rpm: int | None  # requests per minute
+    tpm: int | None  # tokens (prompt + completion) per minute
+    concurrency: int | None  # requests in flight at once
+    daily_tokens: int | None  # token budget per UTC day
+    monthly_tokens: int | None  # token budget per UTC calendar month
+    max_tokens: int | None  # cap on a request's max_tokens
+
+
+LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens", "max_tokens")
+
+
+class KeyEntry(TypedDict):
+    id: str  # the key's id (uuid)
+    hash: str  # hash_api_key_secret(secret)
+    org: str  # organization id
+    team: str | None  # team id
+    user: str | None  # user id
+    scopes: list[str]
+    models: list[str]  # allowed model aliases; empty = whatever the org may use
+    expires_at: float | None  # unix time
+    revoked: bool
+    limits: Limits
+
+
+class OrgEntry(TypedDict):
+    slug: str
+    models: list[str]  # aliases this organization may use (access list and policy applied)
+    allow_external: bool  # may requests leave the house (open-access upstreams)
+    log_prompts: bool  # keep prompts/completions in logs
+    limits: Limits
+
+
+class TeamEntry(TypedDict):
+    org: str
+    limits: Limits
+
+
+class Route(TypedDict):
+    id: str  # replica or upstream id; bounded set, safe as a metric label
+    url: str  # base URL ending before /v1, e.g. http://10.0.0.5:8001
+    api_key: str | None  # per-replica / per-upstream key sent upstream as Bearer
+    model: str  # model name the upstream serves (``--served-model-name``)
+    external: bool  # True for an outside provider (open-access class)
+
+
+class ModelEntry(TypedDict):
+    task: Literal["chat", "completion", "embedding"]
+    openness: Literal["open-source", "open-weights", "open-access"]
+    context_length: int | None
+    routes: list[Route]
+
+
+class Snapshot(TypedDict):
+    schema: int
+    version: int  # strictly increasing; a gateway never applies an older one
+    generated_at: float  # unix time
+    keys: dict[str, KeyEntry]  # by key prefix
+    orgs: dict[str, OrgEntry]  # by organization id
+    teams: dict[str, TeamEntry]  # by team id
+    models: dict[str, ModelEntry]  # by public alias
+
+
+def empty_snapshot() -> Snapshot:
+    return {
+        "schema": SNAPSHOT_SCHEMA,
+        "version": 0,
+        "generated_at": 0.0,
+        "keys": {},
+        "orgs": {},
+        "teams": {},
+        "models": {},
+    }
+
+
+# --------------------------------------------------------------------------- usage
+class UsageEvent(TypedDict):
+    schema: int
+    request_id: str  # unique; the ledger's idempotency key
+    ts: float  # unix time the request arrived
+    org: str
+    team: str | None
+    key: str  # key id
+    user: str | None
+    model: str  # public alias
+    endpoint: str  # "chat.completions" | "completions" | "embeddings"
+    replica: str | None  # Route.id that served it, if any
+    status: int  # HTTP status returned to the client
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    error: NotRequired[str | None]  # short machine code, e.g. "rate_limited"
+
+
+def usage_event_fields(event: UsageEvent) -> dict[str, Any]:
+    """The Redis stream fields for one usage event."""
+    return {"event": json.dumps(event, separators=(",", ":"))}
