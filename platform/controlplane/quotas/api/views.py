@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import django_filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.response import Response
+
+from controlplane.api.base import OrganizationScopedViewSet
+from controlplane.quotas import services
+from controlplane.quotas.api import serializers as s
+from controlplane.quotas.models import LimitPolicy, UsageRecord
+
+
+class LimitPolicyViewSet(
+    OrganizationScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin
+):
+    """Limits of the organization (no team, no key), of a team, or of a key."""
+
+    model = LimitPolicy
+    view_action = "limits.view"
+    change_action = "limits.change"
+    serializer_class = s.LimitPolicySerializer
+    filterset_fields = ["team", "api_key"]
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if not getattr(self, "swagger_fake_view", False):
+            context["organization"] = self.get_organization()
+        return context
+
+    def create(self, request, org_slug=None):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        policy = services.create_limit_policy(
+            actor=self.actor, organization=self.get_organization(), **serializer.validated_data
+        )
+        return Response(self.get_serializer(policy).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.LimitPolicyUpdateSerializer, responses=s.LimitPolicySerializer)
+    def partial_update(self, request, org_slug=None, pk=None):
+        policy = self.get_object()
+        serializer = s.LimitPolicyUpdateSerializer(
+            policy, data=request.data, partial=True, context=self.get_serializer_context()
+        )
+        serializer.is_valid(raise_exception=True)
+        services.update_limit_policy(actor=self.actor, policy=policy, **serializer.validated_data)
+        return Response(self.get_serializer(policy).data)
+
+    def destroy(self, request, org_slug=None, pk=None):
+        services.delete_limit_policy(actor=self.actor, policy=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class UsageFilter(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+
+    class Meta:
+        model = UsageRecord
+        fields = ["model", "api_key_id", "team_id", "status"]
+
+
+class UsageViewSet(OrganizationScopedViewSet, mixins.ListModelMixin):
+    """The usage ledger: one record per request the gateway handled."""
+
+    model = UsageRecord
+    view_action = "usage.view"
+    change_action = "usage.view"
+    serializer_class = s.UsageRecordSerializer
+    filterset_class = UsageFilter
+    ordering_fields = ["occurred_at", "prompt_tokens", "completion_tokens", "latency_ms"]

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import uuid
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from controlplane.tenancy.models import ApiKey, Organization, Team
+from controlplane.tenancy.scoping import ScopedQuerySet
+
+LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens", "max_tokens")
+
+
+def _limit(help_text: str) -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text=help_text
+    )
+
+
+class LimitPolicy(models.Model):
+    """Limits of one organization, team or key; empty fields mean "no limit here".
+    The effective limit of a request is the tightest of its key, team and organization."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="limit_policies"
+    )
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, null=True, blank=True, related_name="limit_policies"
+    )
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="limit_policies"
+    )
+    rpm = _limit("Requests per minute")
+    tpm = _limit("Tokens (prompt + completion) per minute")
+    concurrency = _limit("Requests in flight at once")
+    daily_tokens = _limit("Token budget per UTC day")
+    monthly_tokens = _limit("Token budget per UTC calendar month")
+    max_tokens = _limit("Cap on max_tokens of one request")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    scope_org_path = "organization"
+    objects = ScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["organization", "team", "api_key"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(team__isnull=True) | Q(api_key__isnull=True),
+                name="limit_policy_one_subject",
+            ),
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(team__isnull=True, api_key__isnull=True),
+                name="limit_policy_unique_org",
+            ),
+            models.UniqueConstraint(
+                fields=["team"], condition=Q(team__isnull=False), name="limit_policy_unique_team"
+            ),
+            models.UniqueConstraint(
+                fields=["api_key"],
+                condition=Q(api_key__isnull=False),
+                name="limit_policy_unique_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        target = self.api_key or self.team or self.organization
+        return f"limits of {self.subject} {target}"
+
+    @property
+    def subject(self) -> str:
+        if self.api_key_id:
+            return "key"
+        if self.team_id:
+            return "team"
+        return "organization"
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+class UsageRecord(models.Model):
+    """One row per request the gateway handled (the ledger). Ids are plain values, not
+    foreign keys: usage must outlive the keys and teams it names."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    organization_id = models.UUIDField(db_index=True)
+    team_id = models.UUIDField(null=True, blank=True)
+    api_key_id = models.UUIDField(null=True, blank=True, db_index=True)
+    user_id = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=64, db_index=True)
+    endpoint = models.CharField(max_length=32)
+    replica = models.CharField(max_length=64, blank=True)
+    status = models.PositiveSmallIntegerField()
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.FloatField(default=0)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+    occurred_at = models.DateTimeField(db_index=True)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    scope_org_path = "organization_id"
+    objects = ScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-occurred_at"]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

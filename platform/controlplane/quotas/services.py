@@ -1,0 +1,121 @@
+"""Limit policies (create, change, remove) and the effective limit of a key."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from controlplane.audit.services import diff, field_values, record_event
+from controlplane.quotas.models import LIMIT_FIELDS, LimitPolicy
+from controlplane.snapshot import publish_on_commit
+from controlplane.tenancy.actors import Actor
+from controlplane.tenancy.models import ApiKey, Organization, Team
+from controlplane.tenancy.permissions import require
+
+
+def _check_values(limits: dict) -> None:
+    unknown = set(limits) - set(LIMIT_FIELDS)
+    if unknown:
+        raise ValidationError({name: "Unknown limit." for name in sorted(unknown)})
+    errors = {
+        name: "Must be a positive integer or null."
+        for name, value in limits.items()
+        if value is not None
+        and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+    }
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def create_limit_policy(
+    *,
+    actor: Actor,
+    organization: Organization,
+    team: Team | None = None,
+    api_key: ApiKey | None = None,
+    **limits,
+) -> LimitPolicy:
+    require(actor, "limits.change", organization)
+    _check_values(limits)
+    if team is not None and api_key is not None:
+        raise ValidationError({"team": "A policy applies to a team or a key, not both."})
+    if team is not None and team.organization_id != organization.pk:
+        raise ValidationError({"team": "Not a team of this organization."})
+    if api_key is not None and api_key.organization_id != organization.pk:
+        raise ValidationError({"api_key": "Not a key of this organization."})
+    existing = LimitPolicy.objects.filter(organization=organization, team=team, api_key=api_key)
+    if existing.exists():
+        subject = "key" if api_key else "team" if team else "organization"
+        raise ValidationError(
+            {
+                subject if subject != "key" else "api_key": (
+                    f"This {subject} already has a limit policy; change that one."
+                )
+            }
+        )
+    policy = LimitPolicy(organization=organization, team=team, api_key=api_key, **limits)
+    policy.full_clean()
+    policy.save()
+    record_event(
+        actor=actor,
+        action="limits.create",
+        target=policy,
+        organization_id=organization.pk,
+        changes=diff({}, field_values(policy)),
+    )
+    publish_on_commit()
+    return policy
+
+
+@transaction.atomic
+def update_limit_policy(*, actor: Actor, policy: LimitPolicy, **limits) -> LimitPolicy:
+    require(actor, "limits.change", policy.organization)
+    _check_values(limits)
+    before = field_values(policy, LIMIT_FIELDS)
+    for name, value in limits.items():
+        setattr(policy, name, value)
+    policy.full_clean()
+    policy.save()
+    changes = diff(before, field_values(policy, LIMIT_FIELDS))
+    if changes:
+        record_event(
+            actor=actor,
+            action="limits.update",
+            target=policy,
+            organization_id=policy.organization_id,
+            changes=changes,
+        )
+        publish_on_commit()
+    return policy
+
+
+@transaction.atomic
+def delete_limit_policy(*, actor: Actor, policy: LimitPolicy) -> None:
+    require(actor, "limits.change", policy.organization)
+    record_event(
+        actor=actor,
+        action="limits.delete",
+        target=policy,
+        organization_id=policy.organization_id,
+        changes=diff(field_values(policy), {}),
+    )
+    policy.delete()
+    publish_on_commit()
+
+
+def effective_limits(key: ApiKey) -> dict[str, int | None]:
+    """The tightest of the key's, its team's and its organization's limits."""
+    subjects = [LimitPolicy.objects.filter(api_key=key).first()]
+    if key.team_id:
+        subjects.append(LimitPolicy.objects.filter(team_id=key.team_id).first())
+    subjects.append(
+        LimitPolicy.objects.filter(
+            organization_id=key.organization_id, team=None, api_key=None
+        ).first()
+    )
+    result: dict[str, int | None] = {}
+    for name in LIMIT_FIELDS:
+        values = [getattr(p, name) for p in subjects if p is not None and getattr(p, name)]
+        result[name] = min(values) if values else None
+    return result

@@ -1,0 +1,429 @@
+"""Mutations of organizations, teams, members and API keys.
+
+Each function is atomic, takes ``actor=``, checks the actor's permission, writes its
+audit event in the same transaction and publishes the gateway snapshot on commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from controlplane.audit.services import diff, field_values, record_event
+from controlplane.snapshot import publish_on_commit
+from controlplane.tenancy.actors import Actor
+from controlplane.tenancy.models import ApiKey, Membership, Organization, Team, TeamMembership
+from controlplane.tenancy.permissions import require
+from controlplane.tenancy.roles import Role
+from gateway.contract import SCOPES, generate_api_key, hash_api_key_secret
+
+User = get_user_model()
+
+
+def _update_fields(instance, fields: dict, allowed: Iterable[str]) -> dict:
+    unknown = set(fields) - set(allowed)
+    if unknown:
+        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    before = field_values(instance, fields.keys())
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    instance.full_clean()
+    instance.save()
+    return diff(before, field_values(instance, fields.keys()))
+
+
+# --------------------------------------------------------------------------- organizations
+@transaction.atomic
+def create_organization(*, actor: Actor, slug: str, name: str, owner=None) -> Organization:
+    require(actor, "organization.create")
+    if Organization.objects.filter(slug=slug).exists():
+        raise ValidationError({"slug": f"An organization with slug {slug!r} already exists."})
+    organization = Organization(slug=slug, name=name)
+    organization.full_clean()
+    organization.save()
+    from controlplane.catalog.models import OrganizationPolicy
+
+    OrganizationPolicy.objects.create(organization=organization)
+    record_event(
+        actor=actor,
+        action="organization.create",
+        target=organization,
+        organization_id=organization.pk,
+        changes=diff({}, field_values(organization)),
+    )
+    if owner is not None:
+        _add_member(actor=actor, organization=organization, user=owner, role=Role.OWNER)
+    publish_on_commit()
+    return organization
+
+
+@transaction.atomic
+def update_organization(*, actor: Actor, organization: Organization, **fields) -> Organization:
+    require(actor, "organization.change", organization)
+    changes = _update_fields(organization, fields, {"name", "log_prompts"})
+    if changes:
+        record_event(
+            actor=actor,
+            action="organization.update",
+            target=organization,
+            organization_id=organization.pk,
+            changes=changes,
+        )
+        publish_on_commit()
+    return organization
+
+
+@transaction.atomic
+def delete_organization(*, actor: Actor, organization: Organization) -> None:
+    require(actor, "organization.delete", organization)
+    record_event(
+        actor=actor,
+        action="organization.delete",
+        target=organization,
+        organization_id=organization.pk,
+        changes=diff(field_values(organization), {}),
+    )
+    organization.delete()
+    publish_on_commit()
+
+
+# --------------------------------------------------------------------------- teams
+@transaction.atomic
+def create_team(*, actor: Actor, organization: Organization, slug: str, name: str) -> Team:
+    require(actor, "team.change", organization)
+    if Team.objects.filter(organization=organization, slug=slug).exists():
+        raise ValidationError({"slug": f"A team with slug {slug!r} already exists here."})
+    team = Team(organization=organization, slug=slug, name=name)
+    team.full_clean()
+    team.save()
+    record_event(
+        actor=actor,
+        action="team.create",
+        target=team,
+        organization_id=organization.pk,
+        changes=diff({}, field_values(team)),
+    )
+    publish_on_commit()
+    return team
+
+
+@transaction.atomic
+def update_team(*, actor: Actor, team: Team, **fields) -> Team:
+    require(actor, "team.change", team.organization)
+    changes = _update_fields(team, fields, {"name"})
+    if changes:
+        record_event(
+            actor=actor,
+            action="team.update",
+            target=team,
+            organization_id=team.organization_id,
+            changes=changes,
+        )
+    return team
+
+
+@transaction.atomic
+def delete_team(*, actor: Actor, team: Team) -> None:
+    require(actor, "team.change", team.organization)
+    record_event(
+        actor=actor,
+        action="team.delete",
+        target=team,
+        organization_id=team.organization_id,
+        changes=diff(field_values(team), {}),
+    )
+    team.delete()
+    publish_on_commit()
+
+
+# --------------------------------------------------------------------------- members
+def _check_role_grant(actor: Actor, organization: Organization, *roles: str) -> None:
+    """Only owners (and platform admins) hand out or take away the owner role."""
+    if Role.OWNER in roles and actor.role_in(organization.pk) != Role.OWNER:
+        raise PermissionDenied("only an owner may grant or change the owner role")
+
+
+def _remaining_owners(organization: Organization, excluding: Membership) -> int:
+    return (
+        Membership.objects.filter(organization=organization, role=Role.OWNER)
+        .exclude(pk=excluding.pk)
+        .count()
+    )
+
+
+def _add_member(*, actor: Actor, organization: Organization, user, role: str) -> Membership:
+    membership = Membership(user=user, organization=organization, role=role)
+    membership.full_clean(validate_unique=False)
+    membership.save()
+    record_event(
+        actor=actor,
+        action="member.add",
+        target=membership,
+        target_repr=f"{user.get_username()} in {organization.slug}",
+        organization_id=organization.pk,
+        changes={"user": [None, user.get_username()], "role": [None, role]},
+    )
+    return membership
+
+
+@transaction.atomic
+def add_member(
+    *, actor: Actor, organization: Organization, username: str, email: str = "", role: str
+) -> Membership:
+    require(actor, "member.change", organization)
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    _check_role_grant(actor, organization, role)
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        # An invited person gets an account without a password; they sign in once an
+        # administrator sets one or through the identity provider.
+        user = User(username=username, email=email)
+        user.set_unusable_password()
+        user.full_clean(exclude=["password"])
+        user.save()
+    if Membership.objects.filter(user=user, organization=organization).exists():
+        raise ValidationError({"username": f"{username} is already a member."})
+    membership = _add_member(actor=actor, organization=organization, user=user, role=role)
+    publish_on_commit()
+    return membership
+
+
+@transaction.atomic
+def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
+    organization = membership.organization
+    require(actor, "member.change", organization)
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    _check_role_grant(actor, organization, role, membership.role)
+    if (
+        membership.role == Role.OWNER
+        and role != Role.OWNER
+        and _remaining_owners(organization, membership) == 0
+    ):
+        raise ValidationError({"role": "An organization must keep at least one owner."})
+    if membership.role != role:
+        record_event(
+            actor=actor,
+            action="member.change_role",
+            target=membership,
+            target_repr=f"{membership.user.get_username()} in {organization.slug}",
+            organization_id=organization.pk,
+            changes={"role": [membership.role, role]},
+        )
+        membership.role = role
+        membership.save(update_fields=["role"])
+        publish_on_commit()
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, actor: Actor, membership: Membership) -> None:
+    """Remove someone from an organization: their teams there and their keys go too."""
+    organization = membership.organization
+    require(actor, "member.change", organization)
+    _check_role_grant(actor, organization, membership.role)
+    if membership.role == Role.OWNER and _remaining_owners(organization, membership) == 0:
+        raise ValidationError({"role": "An organization must keep at least one owner."})
+    user = membership.user
+    for key in ApiKey.objects.filter(organization=organization, user=user, revoked_at=None):
+        _revoke(actor=actor, key=key, reason="member removed")
+    TeamMembership.objects.filter(team__organization=organization, user=user).delete()
+    record_event(
+        actor=actor,
+        action="member.remove",
+        target=membership,
+        target_repr=f"{user.get_username()} in {organization.slug}",
+        organization_id=organization.pk,
+        changes={"user": [user.get_username(), None], "role": [membership.role, None]},
+    )
+    membership.delete()
+    publish_on_commit()
+
+
+@transaction.atomic
+def add_team_member(*, actor: Actor, team: Team, user) -> TeamMembership:
+    require(actor, "team.change", team.organization)
+    if not Membership.objects.filter(user=user, organization=team.organization_id).exists():
+        raise ValidationError({"user": "Only members of the organization can join its teams."})
+    if TeamMembership.objects.filter(team=team, user=user).exists():
+        raise ValidationError({"user": f"{user.get_username()} is already in this team."})
+    team_membership = TeamMembership.objects.create(team=team, user=user)
+    record_event(
+        actor=actor,
+        action="team.add_member",
+        target=team,
+        organization_id=team.organization_id,
+        changes={"member": [None, user.get_username()]},
+    )
+    return team_membership
+
+
+@transaction.atomic
+def remove_team_member(*, actor: Actor, team_membership: TeamMembership) -> None:
+    team = team_membership.team
+    require(actor, "team.change", team.organization)
+    record_event(
+        actor=actor,
+        action="team.remove_member",
+        target=team,
+        organization_id=team.organization_id,
+        changes={"member": [team_membership.user.get_username(), None]},
+    )
+    team_membership.delete()
+
+
+# --------------------------------------------------------------------------- API keys
+def _validate_key_fields(organization: Organization, *, scopes, allowed_models, expires_at) -> None:
+    errors: dict[str, str] = {}
+    if not scopes or any(scope not in SCOPES for scope in scopes):
+        errors["scopes"] = f"Choose one or more of: {', '.join(SCOPES)}."
+    elif len(set(scopes)) != len(scopes):
+        errors["scopes"] = "Scopes must not repeat."
+    if allowed_models:
+        from controlplane.catalog.services import usable_model_aliases
+
+        usable = usable_model_aliases(organization)
+        unknown = sorted(set(allowed_models) - usable)
+        if unknown:
+            errors["allowed_models"] = f"Not available to this organization: {', '.join(unknown)}."
+    if expires_at is not None and expires_at <= timezone.now():
+        errors["expires_at"] = "Must be in the future."
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def create_api_key(
+    *,
+    actor: Actor,
+    organization: Organization,
+    name: str,
+    scopes: list[str],
+    team: Team | None = None,
+    user=None,
+    allowed_models: list[str] | None = None,
+    expires_at: dt.datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; return it with its full secret, which is never available again."""
+    require(actor, "apikey.create", organization)
+    is_manager = actor.can("apikey.manage", organization.pk)
+    if not is_manager:
+        # Members create keys for themselves, in their own teams only.
+        if actor.user is None:
+            raise PermissionDenied("this key may not create keys")
+        if user is not None and user != actor.user:
+            raise PermissionDenied("members may only create keys for themselves")
+        user = actor.user
+        if team is not None and not TeamMembership.objects.filter(team=team, user=user).exists():
+            raise PermissionDenied("members may only create keys for teams they belong to")
+    if team is not None and team.organization_id != organization.pk:
+        raise ValidationError({"team": "Not a team of this organization."})
+    if (
+        user is not None
+        and not Membership.objects.filter(user=user, organization=organization).exists()
+    ):
+        raise ValidationError({"user": "Not a member of this organization."})
+    allowed_models = list(allowed_models or [])
+    _validate_key_fields(
+        organization, scopes=scopes, allowed_models=allowed_models, expires_at=expires_at
+    )
+    for _attempt in range(3):
+        full_key, prefix, secret = generate_api_key()
+        if not ApiKey.objects.filter(prefix=prefix).exists():
+            break
+    else:  # pragma: no cover - 36^12 prefixes
+        raise IntegrityError("could not find a free key prefix")
+    key = ApiKey(
+        organization=organization,
+        team=team,
+        user=user,
+        name=name,
+        prefix=prefix,
+        secret_hash=hash_api_key_secret(secret, settings.API_KEY_PEPPER),
+        scopes=list(scopes),
+        allowed_models=allowed_models,
+        expires_at=expires_at,
+        created_by=actor.user,
+    )
+    key.full_clean()
+    key.save()
+    record_event(
+        actor=actor,
+        action="apikey.create",
+        target=key,
+        organization_id=organization.pk,
+        changes=diff({}, field_values(key)),
+    )
+    publish_on_commit()
+    return key, full_key
+
+
+def _require_key_control(actor: Actor, key: ApiKey) -> None:
+    if actor.can("apikey.manage", key.organization_id):
+        return
+    own = actor.user is not None and key.user_id == actor.user.pk
+    if own and actor.can("apikey.create", key.organization_id):
+        return
+    require(actor, "apikey.manage", key.organization)
+
+
+def _revoke(*, actor: Actor, key: ApiKey, reason: str = "") -> None:
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+    record_event(
+        actor=actor,
+        action="apikey.revoke",
+        target=key,
+        organization_id=key.organization_id,
+        changes={"revoked_at": [None, key.revoked_at.isoformat()]}
+        | ({"reason": [None, reason]} if reason else {}),
+    )
+
+
+@transaction.atomic
+def revoke_api_key(*, actor: Actor, key: ApiKey) -> ApiKey:
+    _require_key_control(actor, key)
+    if key.revoked_at is None:
+        _revoke(actor=actor, key=key)
+        publish_on_commit()
+    return key
+
+
+@transaction.atomic
+def update_api_key(*, actor: Actor, key: ApiKey, **fields) -> ApiKey:
+    _require_key_control(actor, key)
+    if key.revoked_at is not None:
+        raise ValidationError({"revoked_at": "A revoked key cannot be changed."})
+    if "allowed_models" in fields or "expires_at" in fields:
+        _validate_key_fields(
+            key.organization,
+            scopes=key.scopes,
+            allowed_models=fields.get("allowed_models", []),
+            expires_at=fields.get("expires_at"),
+        )
+    changes = _update_fields(key, fields, {"name", "allowed_models", "expires_at"})
+    if changes:
+        record_event(
+            actor=actor,
+            action="apikey.update",
+            target=key,
+            organization_id=key.organization_id,
+            changes=changes,
+        )
+        publish_on_commit()
+    return key
+
+
+def touch_last_used(key: ApiKey, *, every_seconds: int = 60) -> None:
+    """Record use without a write per request (not audited: it is telemetry)."""
+    now = timezone.now()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() >= every_seconds:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
