@@ -89,6 +89,7 @@ class TeamMembership(models.Model):
     objects = ScopedQuerySet.as_manager()
 
     class Meta:
+        ordering = ["team__slug", "user__username"]
         constraints = [
             models.UniqueConstraint(fields=["team", "user"], name="team_membership_unique")
         ]

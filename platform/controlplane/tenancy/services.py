@@ -427,3 +427,25 @@ def touch_last_used(key: ApiKey, *, every_seconds: int = 60) -> None:
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() >= every_seconds:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
+
+
+# --------------------------------------------------------------------------- users
+@transaction.atomic
+def ensure_platform_admin(*, actor: Actor, username: str, email: str, password: str):
+    """Create the first platform administrator unless one exists. Returns (user, created)."""
+    existing = User.objects.filter(is_superuser=True, is_active=True).order_by("pk").first()
+    if existing is not None:
+        return existing, False
+    user = User(username=username, email=email, is_staff=True, is_superuser=True)
+    user.set_password(password)
+    user.full_clean(exclude=["password"])
+    user.save()
+    record_event(
+        actor=actor,
+        action="user.create_platform_admin",
+        target=user,
+        target_type="user",
+        target_repr=username,
+        changes={"username": [None, username], "is_superuser": [None, True]},
+    )
+    return user, True

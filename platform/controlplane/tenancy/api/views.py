@@ -104,7 +104,9 @@ class TeamViewSet(
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TeamMemberViewSet(OrganizationScopedViewSet, mixins.ListModelMixin):
+class TeamMemberViewSet(
+    OrganizationScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin
+):
     """Who is in which team. Add with ``{"team": id, "username": ...}``."""
 
     model = TeamMembership
