@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from controlplane.audit.models import AuditEvent
 from controlplane.catalog.services import create_model
 from controlplane.quotas.services import create_limit_policy
 from controlplane.tenancy.models import Membership
@@ -88,13 +89,7 @@ def _team_member(w):
 
 
 def _audit(w):
-    return (
-        w.org_a
-        and __import__("controlplane.audit.models", fromlist=["x"])
-        .AuditEvent.objects.filter(organization_id=w.org_a.pk)
-        .first()
-        .seq
-    )
+    return AuditEvent.objects.filter(organization_id=w.org_a.pk).first().seq
 
 
 def _new_team_member_payload(w):
@@ -268,8 +263,6 @@ def test_create(resource, caller, world, clients):
     want = expected(caller, resource.create_role, 201)
     response = _check(clients[caller], "post", _url(resource), payload, want)
     if want == 201:
-        from controlplane.audit.models import AuditEvent
-
         assert AuditEvent.objects.filter(request_id=response["X-Request-ID"]).exists()
 
 
@@ -308,9 +301,10 @@ def test_foreign_object_id_is_404_even_inside_own_org_url(resource, world, clien
 
 
 def test_organization_list_is_scoped(world, clients):
-    slugs = lambda c: [
-        o["slug"] for o in clients[c].get("/api/v1/organizations/").json()["results"]
-    ]
+    def slugs(caller):
+        response = clients[caller].get("/api/v1/organizations/")
+        return [o["slug"] for o in response.json()["results"]]
+
     assert slugs("owner_a") == ["org-a"]
     assert slugs("admin_b") == ["org-b"]
     assert slugs("platform_admin") == ["org-a", "org-b"]

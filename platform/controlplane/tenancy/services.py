@@ -40,11 +40,13 @@ def _update_fields(instance, fields: dict, allowed: Iterable[str]) -> dict:
 
 # --------------------------------------------------------------------------- organizations
 @transaction.atomic
-def create_organization(*, actor: Actor, slug: str, name: str, owner=None) -> Organization:
+def create_organization(
+    *, actor: Actor, slug: str, name: str, owner=None, log_prompts: bool = False
+) -> Organization:
     require(actor, "organization.create")
     if Organization.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": f"An organization with slug {slug!r} already exists."})
-    organization = Organization(slug=slug, name=name)
+    organization = Organization(slug=slug, name=name, log_prompts=log_prompts)
     organization.full_clean()
     organization.save()
     from controlplane.catalog.models import OrganizationPolicy

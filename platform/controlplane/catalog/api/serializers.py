@@ -53,8 +53,8 @@ class ModelVersionSerializer(StrictModelSerializer):
     file_manifest = serializers.DictField(
         child=serializers.CharField(max_length=64), required=False
     )
-    trust_remote_code_approved_by = serializers.SlugRelatedField(
-        slug_field="username", read_only=True
+    trust_remote_code_approved_by = serializers.SerializerMethodField(
+        help_text="The platform administrator who approved trust_remote_code"
     )
 
     class Meta:
@@ -79,6 +79,10 @@ class ModelVersionSerializer(StrictModelSerializer):
             "created_at",
         ]
         read_only_fields = ["id", "created_at", "trust_remote_code_approved_by"]
+
+    def get_trust_remote_code_approved_by(self, version) -> str | None:
+        approver = version.trust_remote_code_approved_by
+        return approver.get_username() if approver else None
 
 
 class ModelVersionUpdateSerializer(ModelVersionSerializer):

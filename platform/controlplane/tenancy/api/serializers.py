@@ -68,7 +68,7 @@ class TeamMemberSerializer(StrictSerializer):
 
 class MembershipSerializer(StrictModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
-    email = serializers.EmailField(source="user.email", read_only=True)
+    email = serializers.CharField(source="user.email", read_only=True)
 
     class Meta:
         model = Membership
