@@ -12,3 +12,8 @@ os.environ.setdefault("PLATFORM_DATA_DIR", tempfile.mkdtemp(prefix="sap-test-dat
 from controlplane.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test users
+
+# Separate test databases let several test runs share one PostgreSQL server.
+DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ.get(  # noqa: F405
+    "TEST_DATABASE_NAME", "test_sap"
+)
