@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from django.conf import settings
-
 from controlplane.quotas.ledger import DEAD_LETTER_STREAM, LedgerConsumer
 from controlplane.quotas.models import UsageRecord
+from django.conf import settings
+
 from gateway import contract
 
 ROOT = Path(__file__).resolve().parents[2]
