@@ -134,7 +134,10 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
     def start_all(self) -> bool:
+        """Start every service not started yet, in order; False if one fails."""
         for service in self.services:
+            if service.process is not None:
+                continue
             if self._stopping.is_set():
                 return False
             self._spawn(service)

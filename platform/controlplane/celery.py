@@ -17,15 +17,21 @@ app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
-@app.on_configure.connect
-def _configure_broker(sender, **kwargs):
-    from controlplane.redis import redis_url
-
-    url = redis_url()
+def celery_url(url: str) -> str:
+    """Celery spells a Redis unix socket ``redis+socket://PATH``."""
     if url.startswith("unix://"):
-        url = "redis+socket://" + url.removeprefix("unix://")
-    sender.conf.broker_url = sender.conf.broker_url or url
-    sender.conf.result_backend = None
+        return "redis+socket://" + url.removeprefix("unix://")
+    return url
+
+
+@app.on_after_configure.connect
+def _configure_broker(sender, **kwargs):
+    # After configuration, so reading the settings here does not recurse; the broker
+    # defaults to the platform's Redis (which may be the embedded one).
+    if not sender.conf.broker_url:
+        from controlplane.redis import redis_url
+
+        sender.conf.broker_url = celery_url(redis_url())
 
 
 app.autodiscover_tasks()

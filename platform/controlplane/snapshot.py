@@ -43,6 +43,7 @@ def build_snapshot() -> contract.Snapshot:
     from controlplane.audit.models import AuditEvent
     from controlplane.catalog.models import Model
     from controlplane.catalog.services import routes_by_alias, usable_aliases_by_org
+    from controlplane.fleet.services import replica_routes
     from controlplane.quotas.models import LimitPolicy
     from controlplane.tenancy.models import ApiKey, Organization, Team
 
@@ -85,6 +86,9 @@ def build_snapshot() -> contract.Snapshot:
             "limits": _limits(key_limits.get(key.pk)),
         }
     routes = routes_by_alias()
+    # Replicas the fleet runs enter the routes once READY (and leave when they are not).
+    for alias, fleet_routes in replica_routes().items():
+        routes[alias] = [*routes.get(alias, []), *fleet_routes]
     for model in Model.objects.prefetch_related("versions"):
         default = next((v for v in model.versions.all() if v.is_default), None)
         snapshot["models"][model.alias] = {

@@ -113,3 +113,17 @@ def test_bad_filters(world, clients):
     assert response.status_code == 400
     response = clients["owner_a"].get("/api/v1/organizations/org-a/audit-events/?page=999")
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0697-10-02T20:36:20.7-17:22", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"],
+)
+def test_extreme_dates_in_filters(world, clients, value):
+    from urllib.parse import quote
+
+    for resource in ("audit-events", "usage"):
+        url = f"/api/v1/organizations/org-a/{resource}/?until={quote(value)}"
+        response = clients["owner_a"].get(url)
+        assert response.status_code in (200, 400), response.content
+    assert clients["owner_a"].get("/api/v1/organizations/org-a/teams/").status_code == 200

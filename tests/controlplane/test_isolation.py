@@ -37,7 +37,7 @@ CALLERS = list(CALLER_ROLE)
 def database_state() -> str:
     """A fingerprint of every row the platform owns."""
     digest = hashlib.sha256()
-    for label in ("tenancy", "catalog", "quotas", "audit", "auth"):
+    for label in ("tenancy", "catalog", "quotas", "audit", "fleet", "auth"):
         for model in apps.get_app_config(label).get_models():
             rows = list(model.objects.order_by("pk").values())
             digest.update(json.dumps(rows, default=str, sort_keys=True).encode())

@@ -49,7 +49,7 @@ def manage(env, *args) -> str:
 def test_sqlite_default_end_to_end(env, tmp_path):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.local", "--port", str(port)],
+        [sys.executable, "-m", "controlplane.local", "--port", str(port), "--control-plane-only"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -70,19 +70,19 @@ def test_sqlite_default_end_to_end(env, tmp_path):
             time.sleep(0.5)
         env["SECRET_KEY_FILE"] = str(tmp_path / "data" / "secret_key")
         assert (tmp_path / "data" / "platform.sqlite3").exists()
-        manage(env, "create_organization", "demo", "--name", "Demo")
+        manage(env, "create_organization", "smoke", "--name", "Smoke")
         secret = manage(
-            env, "create_api_key", "demo", "--name", "ops", "--scopes", "manage", "--quiet"
+            env, "create_api_key", "smoke", "--name", "ops", "--scopes", "manage", "--quiet"
         ).strip()
         headers = {"Authorization": f"Bearer {secret}"}
         r = httpx.post(
-            f"{base}/api/v1/organizations/demo/teams/",
+            f"{base}/api/v1/organizations/smoke/teams/",
             json={"slug": "ml", "name": "ML"},
             headers=headers,
         )
         assert r.status_code == 201, r.text
         events = httpx.get(
-            f"{base}/api/v1/organizations/demo/audit-events/", headers=headers
+            f"{base}/api/v1/organizations/smoke/audit-events/", headers=headers
         ).json()
         assert "team.create" in {e["action"] for e in events["results"]}
         assert httpx.get(f"{base}/api/docs/").status_code == 200

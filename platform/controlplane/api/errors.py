@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import DataError, IntegrityError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -83,6 +83,12 @@ def exception_handler(exc, context):
             f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
         )
         exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    elif isinstance(exc, DataError):
+        # A value the database cannot represent (a date out of range, say).
+        log.info("data error turned into 400: %s", exc)
+        exc = exceptions.ValidationError(
+            {"non_field_errors": ["A value is outside what the database can store."]}
+        )
     elif isinstance(exc, IntegrityError):
         # A race between two writers on a unique field: the loser gets a clear 409.
         log.info("integrity error turned into 409: %s", exc)

@@ -14,6 +14,13 @@ from controlplane.catalog.api.views import (
     PolicyViewSet,
     UpstreamViewSet,
 )
+from controlplane.fleet.api.views import (
+    ArtifactFetchViewSet,
+    DeploymentViewSet,
+    NodeViewSet,
+    PoolViewSet,
+    ReplicaViewSet,
+)
 from controlplane.quotas.api.views import LimitPolicyViewSet, UsageViewSet
 from controlplane.tenancy.api.views import (
     ApiKeyViewSet,
@@ -37,6 +44,11 @@ router.register(rf"{ORG}/model-access", ModelAccessViewSet, basename="model-acce
 router.register(rf"{ORG}/limits", LimitPolicyViewSet, basename="limit-policy")
 router.register(rf"{ORG}/usage", UsageViewSet, basename="usage")
 router.register(rf"{ORG}/audit-events", OrganizationAuditEventViewSet, basename="org-audit-event")
+router.register(rf"{ORG}/deployments", DeploymentViewSet, basename="deployment")
+router.register(rf"{ORG}/replicas", ReplicaViewSet, basename="replica")
+router.register(r"fleet/pools", PoolViewSet, basename="pool")
+router.register(r"fleet/nodes", NodeViewSet, basename="node")
+router.register(r"fleet/artifact-fetches", ArtifactFetchViewSet, basename="artifact-fetch")
 router.register(r"models", ModelViewSet, basename="model")
 router.register(rf"{MODEL}/versions", ModelVersionViewSet, basename="model-version")
 router.register(rf"{MODEL}/upstreams", UpstreamViewSet, basename="upstream")

@@ -38,6 +38,8 @@ REQUIRED_ROLE: dict[str, Role] = {
     "limits.change": Role.ADMIN,
     "usage.view": Role.MEMBER,
     "audit.view": Role.ADMIN,
+    "deployment.view": Role.VIEWER,  # deployments and their replicas
+    "deployment.change": Role.ADMIN,  # create, scale, update, delete
 }
 
 

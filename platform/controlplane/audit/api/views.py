@@ -5,6 +5,7 @@ from rest_framework import mixins, serializers, viewsets
 from rest_framework.exceptions import PermissionDenied
 
 from controlplane.api.base import ActorMixin, OrganizationScopedViewSet
+from controlplane.api.filters import UtcDateTimeFilter
 from controlplane.audit.models import AuditEvent
 
 
@@ -39,8 +40,8 @@ class AuditEventFilter(django_filters.FilterSet):
         method="filter_action", help_text="Exact action, or a prefix ending in '.' (e.g. apikey.)"
     )
     target = django_filters.CharFilter(field_name="target_id", help_text="Target id")
-    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    since = UtcDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

@@ -6,6 +6,7 @@ from rest_framework import mixins, status
 from rest_framework.response import Response
 
 from controlplane.api.base import OrganizationScopedViewSet
+from controlplane.api.filters import UtcDateTimeFilter
 from controlplane.quotas import services
 from controlplane.quotas.api import serializers as s
 from controlplane.quotas.models import LimitPolicy, UsageRecord
@@ -52,8 +53,8 @@ class LimitPolicyViewSet(
 
 
 class UsageFilter(django_filters.FilterSet):
-    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    since = UtcDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = UsageRecord

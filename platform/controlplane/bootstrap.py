@@ -1,0 +1,237 @@
+"""First-run set-up and the service list of the single-machine platform
+(used by ``controlplane.local``). Every step is idempotent: a second start reuses
+what the first one created."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_ORG = "demo"
+DEMO_KEY_NAME = "demo key"
+
+
+@dataclass
+class Demo:
+    organization: str
+    key: str | None  # the full key, only on the start that created it
+    key_prefix: str
+    chat_model: str
+    embedding_model: str
+
+    def ready_message(self, *, console: str, gateway: str) -> str:
+        key = self.key or f"<the {self.key_prefix}… key printed on first start>"
+        note = (
+            "This key is shown only now; keep it."
+            if self.key
+            else "Create more keys with: .venv/bin/python manage.py create_api_key demo --name NAME"
+        )
+        return f"""
+================================================================================
+ The platform is ready.
+   console / REST API : {console}/api/v1/   (docs {console}/api/docs/, admin {console}/admin/)
+   gateway (OpenAI)   : {gateway}
+   API key            : {key}
+   {note}
+
+ Try it:
+   curl {gateway}/chat/completions -H "Authorization: Bearer {key}" \\
+     -H "Content-Type: application/json" \\
+     -d '{{"model": "{self.chat_model}", "max_tokens": 16,
+          "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+   python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{gateway}", api_key="{key}")
+chat = client.chat.completions.create(model="{self.chat_model}", max_tokens=16,
+    messages=[{{"role": "user", "content": "Hello"}}])
+print(chat.choices[0].message.content)
+emb = client.embeddings.create(model="{self.embedding_model}", input=["a cat", "a kitten"])
+print(len(emb.data[0].embedding), "dimensions")
+PY
+ Stop everything with Ctrl-C.
+================================================================================
+"""
+
+
+def bootstrap(say: Callable[[str], None], *, with_models: bool = True) -> Demo:
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+
+    say("applying database migrations")
+    call_command("migrate", interactive=False, verbosity=0)
+    if connection.vendor == "sqlite":
+        # Readers and the one writer stop blocking each other across our processes.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL")
+    say(f"database ready ({connection.vendor}, data in {settings.DATA_DIR})")
+    call_command("ensure_admin")
+    demo = _demo_organization(say, with_models=with_models)
+    from controlplane.snapshot import publish_snapshot
+
+    publish_snapshot()
+    return demo
+
+
+def _demo_organization(say: Callable[[str], None], *, with_models: bool) -> Demo:
+    from controlplane.tenancy.actors import Actor
+    from controlplane.tenancy.models import ApiKey, Organization
+    from controlplane.tenancy.services import create_api_key, create_organization
+
+    actor = Actor.system("single-machine bootstrap")
+    organization = Organization.objects.filter(slug=DEMO_ORG).first()
+    if organization is None:
+        organization = create_organization(actor=actor, slug=DEMO_ORG, name="Demo")
+        say("created the demo organization")
+    chat_model, embedding_model = (
+        _demo_models(say, actor, organization) if with_models else ("tiny-chat", "minilm")
+    )
+    key = (
+        ApiKey.objects.filter(organization=organization, name=DEMO_KEY_NAME, revoked_at=None)
+        .order_by("created_at")
+        .first()
+    )
+    secret = None
+    if key is None:
+        key, secret = create_api_key(
+            actor=actor,
+            organization=organization,
+            name=DEMO_KEY_NAME,
+            scopes=["inference", "manage"],
+        )
+        say("created the demo API key")
+    return Demo(
+        organization=organization.slug,
+        key=secret,
+        key_prefix=key.display_prefix,
+        chat_model=chat_model,
+        embedding_model=embedding_model,
+    )
+
+
+LOCAL_POOL = "local"
+#: Each demo replica reserves this fraction of the machine (on a CPU host vLLM reads it
+#: as the share of host memory it may take).
+DEMO_MEMORY_FRACTION = 0.2
+
+
+def _demo_models(say, actor, organization) -> tuple[str, str]:
+    """The tiny chat model and MiniLM in the catalog, granted to the demo organization
+    and deployed once each on this machine's pool."""
+    from django.core.management import call_command
+
+    from controlplane.catalog.models import Model, OrganizationModelAccess
+    from controlplane.catalog.services import grant_model_access
+    from controlplane.fleet.models import Deployment, Pool
+    from controlplane.fleet.services import create_deployment, create_pool
+
+    say("preparing the demo models (the tiny chat model is built on the first start)")
+    call_command("make_tiny_model", alias="tiny-chat")
+    call_command("register_minilm", alias="minilm")
+    pool = Pool.objects.filter(name=LOCAL_POOL).first()
+    if pool is None:
+        pool = create_pool(actor=actor, name=LOCAL_POOL, strategy="binpack")
+        say(f"created the pool {LOCAL_POOL!r} for this machine")
+    for alias in ("tiny-chat", "minilm"):
+        model = Model.objects.get(alias=alias)
+        if not OrganizationModelAccess.objects.filter(
+            organization=organization, model=model
+        ).exists():
+            grant_model_access(actor=actor, organization=organization, model=model)
+        if not Deployment.objects.filter(organization=organization, name=alias).exists():
+            create_deployment(
+                actor=actor,
+                organization=organization,
+                name=alias,
+                model=alias,
+                replicas=1,
+                pool=pool,
+                gpu_memory_fraction=DEMO_MEMORY_FRACTION,
+            )
+            say(f"deployed {alias} on the pool {LOCAL_POOL!r}")
+    return "tiny-chat", "minilm"
+
+
+def _python_service_env() -> dict[str, str]:
+    return {
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
+    }
+
+
+def platform_services(*, host: str, port: int, gateway_port: int, control_plane_only: bool):
+    from django.conf import settings
+
+    from workers.supervisor import Service, http_ready
+
+    python = sys.executable
+    env = _python_service_env()
+    services = [
+        Service(
+            "control-plane",
+            [python, "-m", "uvicorn", "controlplane.asgi:application", "--host", host,
+             "--port", str(port), "--lifespan", "off", "--no-access-log"],
+            env=env,
+            ready=http_ready(f"http://{host}:{port}/healthz"),
+            detail=f"http://{host}:{port}/api/v1/",
+        ),
+    ]  # fmt: skip
+    if control_plane_only:
+        return services
+    services += [
+        Service(
+            "gateway",
+            [python, "-m", "gateway", "--host", host, "--port", str(gateway_port)],
+            env=env | {
+                "GATEWAY_WORKERS": os.environ.get("GATEWAY_WORKERS", "2"),
+                "API_KEY_PEPPER": settings.API_KEY_PEPPER.decode(),
+            },
+            ready=http_ready(f"http://{host}:{gateway_port}/readyz"),
+            detail=f"http://{host}:{gateway_port}/v1",
+        ),
+        Service(
+            "worker",
+            [python, "-m", "celery", "-A", "controlplane", "worker", "-Q", "default,fleet",
+             "--concurrency", "2", "--loglevel", "INFO", "-n", "worker@%h"],
+            env=env,
+        ),
+        Service(
+            "beat",
+            [python, "-m", "celery", "-A", "controlplane", "beat", "--loglevel", "INFO",
+             "-s", str(settings.DATA_DIR / "celerybeat-schedule")],
+            env=env,
+        ),
+        Service(
+            "usage-ledger",
+            [python, str(ROOT / "manage.py"), "consume_usage", "--name", "local"],
+            env=env,
+        ),
+        Service(
+            "node-agent",
+            [python, "-m", "workers.agent"],
+            # Broker credentials only: the agent never sees the database.
+            env={
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(ROOT),
+                "AGENT_BROKER_URL": os.environ["REDIS_URL"],
+                "AGENT_NODE_NAME": os.environ.get("AGENT_NODE_NAME", "local"),
+                "AGENT_POOL": LOCAL_POOL,
+                "AGENT_STATE_DIR": str(settings.DATA_DIR / "agent"),
+                "AGENT_MODEL_CACHE_DIR": str(settings.DATA_DIR / "models"),
+                # One machine, one Ctrl-C: the replicas stop with the platform.
+                "AGENT_STOP_REPLICAS_ON_EXIT": "true",
+                # On a CPU host, skipping torch.compile halves the replicas' start time.
+                "AGENT_ENFORCE_EAGER": os.environ.get("AGENT_ENFORCE_EAGER", "true"),
+            },
+            stop_timeout=60,
+        ),
+    ]  # fmt: skip
+    return services
