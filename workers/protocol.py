@@ -32,9 +32,7 @@ def agent_queue(node_name: str) -> str:
     return f"agent.{node_name}"
 
 
-ReplicaState = Literal[
-    "pending", "placed", "starting", "ready", "draining", "stopped", "failed"
-]
+ReplicaState = Literal["pending", "placed", "starting", "ready", "draining", "stopped", "failed"]
 
 
 class ModelSource(TypedDict):
