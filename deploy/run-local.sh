@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Run the platform on this machine with the single-machine defaults (SQLite and an
-# embedded Redis in ./data, unless DATABASE_URL / REDIS_URL are set). Installs what is
-# missing into ./.venv first; a second run installs nothing.
+# Run the whole platform on this machine with the single-machine defaults (SQLite and
+# an embedded Redis in ./data, unless DATABASE_URL / REDIS_URL are set). Installs what
+# is missing first: the platform in ./.venv, vLLM (CPU build, or the GPU build where
+# nvidia-smi finds a GPU) in ./.engine-venv; a second run installs nothing.
+# Arguments go to `python -m controlplane.local` (--help lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/lib/venv.sh
 ensure_platform_venv
+case " $* " in
+    *" --control-plane-only "* | *" --help "* | *" -h "*) ;;
+    *) bash deploy/install-engine.sh ;;
+esac
 exec .venv/bin/python -m controlplane.local "$@"

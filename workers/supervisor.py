@@ -10,6 +10,7 @@ it. It knows nothing about Django; the platform's launcher describes the service
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+# Readiness polls would otherwise log every request at INFO.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ReadyCheck = Callable[[], bool]
 
@@ -172,6 +176,9 @@ class Supervisor:
                     return
                 self._spawn(service)
                 self._wait_ready(service)
+
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def stop_all(self) -> None:
         self._stopping.set()

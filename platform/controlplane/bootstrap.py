@@ -44,7 +44,7 @@ class Demo:
      -d '{{"model": "{self.chat_model}", "max_tokens": 16,
           "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
-   python - <<'PY'
+   {sys.executable} - <<'PY'
 from openai import OpenAI
 client = OpenAI(base_url="{gateway}", api_key="{key}")
 chat = client.chat.completions.create(model="{self.chat_model}", max_tokens=16,
@@ -158,6 +158,54 @@ def _demo_models(say, actor, organization) -> tuple[str, str]:
             )
             say(f"deployed {alias} on the pool {LOCAL_POOL!r}")
     return "tiny-chat", "minilm"
+
+
+def _error_line(text: str) -> str:
+    """The line of a traceback that says what went wrong."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    named = [line for line in lines if "Error" in line or "error:" in line]
+    return (named or lines or [""])[-1][:200]
+
+
+def wait_for_models(
+    demo: Demo, say: Callable[[str], None], *, stop: Callable[[], bool], timeout: float = 900
+) -> bool:
+    """Wait until every demo model has a ready replica and the gateway's snapshot routes
+    to it, telling each replica's state as it changes. False on timeout or stop."""
+    import json
+    import time
+
+    from django.db import close_old_connections
+
+    from controlplane.fleet.models import Replica
+    from controlplane.redis import get_redis
+    from gateway import contract
+
+    aliases = {demo.chat_model, demo.embedding_model}
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while not stop() and time.monotonic() < deadline:
+        close_old_connections()
+        replicas = Replica.objects.filter(
+            deployment__organization__slug=demo.organization
+        ).select_related("deployment")
+        for replica in replicas:
+            note = f"{replica.deployment.name} replica: {replica.state}"
+            if replica.state == "failed" and replica.last_error:
+                note += f" ({_error_line(replica.last_error)})"
+            if seen.get(str(replica.pk)) != note:
+                seen[str(replica.pk)] = note
+                say(note)
+        raw = get_redis().get(contract.SNAPSHOT_KEY)
+        routed = {
+            alias
+            for alias, entry in (json.loads(raw)["models"] if raw else {}).items()
+            if entry["routes"]
+        }
+        if aliases <= routed:
+            return True
+        time.sleep(1)
+    return False
 
 
 def _python_service_env() -> dict[str, str]:

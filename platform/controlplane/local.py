@@ -18,6 +18,7 @@ import argparse
 import os
 import secrets
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             supervisor.stop_all()
             return 1
 
-    from controlplane.bootstrap import bootstrap, platform_services
+    from controlplane.bootstrap import bootstrap, platform_services, wait_for_models
+
+    def say(message: str) -> None:
+        supervisor.say(None, message)
 
     try:
         demo = bootstrap(
-            say=lambda message: supervisor.say(None, message),
+            say=say,
             with_models=not args.control_plane_only,
         )
     except Exception:
@@ -114,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         control_plane_only=args.control_plane_only,
     )
 
-    def on_ready() -> None:
+    def announce() -> None:
+        if not args.control_plane_only:
+            say("waiting for the model replicas (vLLM takes about a minute to start here)")
+            if not wait_for_models(demo, say, stop=supervisor.stopping):
+                return
         print(
             demo.ready_message(
                 console=f"http://{args.host}:{args.port}",
@@ -122,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
+
+    def on_ready() -> None:
+        # In a thread: the supervisor keeps restarting crashed services meanwhile.
+        threading.Thread(target=announce, name="announce", daemon=True).start()
 
     return supervisor.run(on_ready=on_ready)
 

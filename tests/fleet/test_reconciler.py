@@ -92,6 +92,24 @@ def test_level_triggered_resend_until_applied_and_no_generation_churn(
     assert len(sent) == 2
 
 
+def test_agent_that_lost_its_replicas_gets_its_state_again(world, pool, sized_model, sent):
+    """An agent restarted with stop-on-exit reports the newest generation but no
+    replicas: the whole state goes out again under a new generation."""
+    tasks.node_report(report("gpu-1"))
+    deploy(world, pool)
+    reconcile()
+    ready_all()
+    reconcile()
+    assert [s["generation"] for s in sent] == [1]
+    node = Node.objects.get(name="gpu-1")
+    tasks.node_report(report("gpu-1", generation_applied=node.generation_desired, replicas=[]))
+    reconcile()
+    assert [s["generation"] for s in sent] == [1, 2]
+    assert {r["id"] for r in sent[-1]["replicas"]} == {
+        str(r.pk) for r in Replica.objects.filter(node=node)
+    }
+
+
 def test_ready_replicas_enter_the_routes_and_failed_ones_leave(world, pool, sized_model, sent):
     tasks.node_report(report("gpu-1"))
     deploy(world, pool)

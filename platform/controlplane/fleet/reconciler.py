@@ -562,5 +562,20 @@ def handle_node_report(report, now: dt.datetime | None = None) -> str:
                 )
             fleet_services._set_endpoint(replica, node)
             replica.save()
+        _resend_if_agent_lost_replicas(node, reported)
         _announce_route_changes(before, _ready_set())
     return "applied"
+
+
+def _resend_if_agent_lost_replicas(node: Node, reported: dict) -> None:
+    """Level-triggered, both ways: an agent that says it applied the newest desired
+    state but does not hold every replica of it (it restarted and stopped them on exit,
+    or lost its state) gets that state again, under a new generation."""
+    if node.generation_applied < node.generation_desired:
+        return  # the agent has not applied the newest state yet; it will hold them
+    wanted = node.replicas.filter(state__in=reconcile.ON_NODE).exclude(state=ReplicaState.DRAINING)
+    if any(str(pk) not in reported for pk in wanted.values_list("pk", flat=True)):
+        log.info("node %s does not hold all its replicas; sending its state again", node.name)
+        node.desired_hash = ""  # differs from every state: the next pass bumps and sends
+        node.save(update_fields=["desired_hash"])
+        fleet_services.request_reconcile()

@@ -8,12 +8,23 @@ file's sha256 is recorded in the catalog entry (a local source).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.fleet.management.registry import register_local_model
 from workers.engine import paths
+
+
+def sequence_length(model_dir: Path) -> int:
+    """What vLLM will accept as max_model_len: sentence-transformers models cap the
+    sequence below the architecture's position embeddings (256 here, not 512)."""
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        return int(json.loads(st_config.read_text())["max_seq_length"])
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config.get("max_position_embeddings", 512))
 
 
 class Command(BaseCommand):
@@ -47,7 +58,10 @@ class Command(BaseCommand):
                 "commercial_use": True,
                 "openness": "open-source",
             },
-            version_fields={"context_length": 512, "parameter_count": 22_713_216},
+            version_fields={
+                "context_length": sequence_length(Path(model_dir)),
+                "parameter_count": 22_713_216,
+            },
         )
         verb = "registered" if created else "already registered"
         self.stdout.write(

@@ -1,0 +1,535 @@
+"""The gateway's ASGI application.
+
+``create_app(settings)`` builds a ``Gateway``; its lifespan owns the shared upstream
+client, the Redis pools, the snapshot watcher and the usage flusher. Pure ASGI: no
+framework, no middleware classes, nothing module-level but constants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway import contract
+from gateway.auth import Principal, authenticate, presented_key, require_scope
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.limits import Limiter, LimitsUnavailable, Reservation, Subject, has_admission_limits
+from gateway.metrics import Metrics
+from gateway.policy import Plan, affinity_key_for, level_limits, plan_request
+from gateway.proxy import Proxy
+from gateway.resp import ScriptClient
+from gateway.routing import Router
+from gateway.settings import Settings
+from gateway.snapshot import CompiledSnapshot, SnapshotHolder, SnapshotWatcher
+from gateway.upstream import UpstreamClient
+from gateway.usage import UsageRecorder
+
+log = logging.getLogger("gateway.app")
+access_log = logging.getLogger("gateway.access")
+prompt_log = logging.getLogger("gateway.prompts")
+
+INFERENCE_PATHS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
+_JSON = [(b"content-type", b"application/json")]
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class Services:
+    """What the lifespan opens and closes."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        settings = gateway.settings
+        # A blocking pool: a burst waits (up to redis_timeout) for a free connection
+        # instead of failing the request.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout,
+            # One immediate retry (a pooled connection Redis closed); no backoff: when
+            # Redis is down the request must learn it within redis_timeout.
+            retry=Retry(NoBackoff(), 1),
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.pubsub_redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=10,
+        )
+        self.client = UpstreamClient(
+            connect_timeout=settings.connect_timeout,
+            first_byte_timeout=settings.first_byte_timeout,
+            idle_timeout=settings.idle_timeout,
+            max_idle_per_origin=settings.upstream_pool_size,
+        )
+        self.scripts = ScriptClient(settings.redis_url, settings.redis_timeout)
+        self.limiter = Limiter(
+            self.scripts, settings.concurrency_slot_ttl, settings.usage_stream_maxlen
+        )
+        self.usage = UsageRecorder(
+            self.redis,
+            self.limiter,
+            gateway.metrics,
+            maxlen=settings.usage_stream_maxlen,
+            buffer_max=settings.usage_buffer_max,
+        )
+        self.watcher = SnapshotWatcher(
+            self.redis,
+            gateway.snapshots,
+            settings.snapshot_poll_interval,
+            pubsub_redis=self.pubsub_redis,
+        )
+        self.proxy = Proxy(self.client, gateway.router, gateway.metrics, settings)
+
+    async def start(self) -> None:
+        self.usage.start()
+        await self.watcher.start()
+        with contextlib.suppress(Exception):  # connect now rather than on the first request
+            await self.scripts.execute("PING")
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+        await self.usage.stop()
+        await self.client.aclose()
+        await self.scripts.aclose()
+        for client in (self.redis, self.pubsub_redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.snapshots = SnapshotHolder()
+        self.snapshots.listeners.append(self._on_snapshot)
+        self.router = Router(
+            strategy=settings.routing,
+            affinity_models=settings.affinity_models,
+            eject_after_failures=settings.eject_after_failures,
+            eject_seconds=settings.eject_seconds,
+        )
+        self.services: Services | None = None
+        self._instance = uuid.uuid4().hex[:12]
+        self._sequence = itertools.count()
+
+    def _on_snapshot(self, snapshot: CompiledSnapshot) -> None:
+        self.metrics.snapshot_version.set(snapshot.version)
+
+    # ------------------------------------------------------------------ ASGI entry
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.services = Services(self)
+                    await self.services.start()
+                except Exception as exc:
+                    log.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.services is not None:
+                    await self.services.stop()
+                self.metrics.process_exit()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        endpoint = INFERENCE_PATHS.get(path)
+        if endpoint is not None:
+            if scope["method"] != "POST":
+                await self._simple_error(scope, send, _method_not_allowed("POST"))
+                return
+            await self._inference(scope, receive, send, endpoint)
+        elif path == "/v1/models" or path.startswith("/v1/models/"):
+            if scope["method"] != "GET":
+                await self._simple_error(scope, send, _method_not_allowed("GET"))
+                return
+            await self._models(scope, send, path[len("/v1/models/") :] or None)
+        elif path == "/healthz":
+            await _send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            ready = self.snapshots.loaded and self.services is not None
+            await _send_json(
+                send,
+                200 if ready else 503,
+                {
+                    "status": "ready" if ready else "not ready",
+                    "snapshot_version": self.snapshots.current.version,
+                },
+            )
+        elif path == "/metrics":
+            body, content_type = self.metrics.render()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", content_type.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        else:
+            await self._simple_error(
+                scope,
+                send,
+                GatewayError(404, f"Unknown path {path!r}.", code="unknown_url"),
+            )
+
+    def _request_id(self, scope: dict[str, Any]) -> str:
+        if self.settings.accept_client_request_id:
+            for name, value in scope["headers"]:
+                if name == b"x-request-id":
+                    candidate = value.decode("latin-1")
+                    if _REQUEST_ID_RE.match(candidate):
+                        return candidate
+                    break
+        return "req_" + uuid.uuid4().hex
+
+    async def _simple_error(self, scope: dict[str, Any], send: Any, err: GatewayError) -> None:
+        request_id = self._request_id(scope)
+        await _send_error(send, err, [(b"x-request-id", request_id.encode()), *err.headers])
+
+    # ------------------------------------------------------------------ /v1/models
+    async def _models(self, scope: dict[str, Any], send: Any, model_id: str | None) -> None:
+        request_id = self._request_id(scope)
+        headers = [(b"x-request-id", request_id.encode())]
+        snapshot = self.snapshots.current
+        try:
+            principal = authenticate(
+                presented_key(scope["headers"]), snapshot, self.settings.api_key_pepper
+            )
+            require_scope(principal)
+        except GatewayError as err:
+            await _send_error(send, err, headers + err.headers)
+            return
+        allowed = sorted(a for a in snapshot.allowed_models(principal.key) if a in snapshot.models)
+        owner = principal.org.get("slug") or "organization"
+        created = int(snapshot.data.get("generated_at") or 0)
+
+        def card(alias: str) -> dict[str, Any]:
+            return {"id": alias, "object": "model", "created": created, "owned_by": owner}
+
+        if model_id is None:
+            await _send_json(
+                send, 200, {"object": "list", "data": [card(a) for a in allowed]}, headers
+            )
+        elif model_id in allowed:
+            await _send_json(send, 200, card(model_id), headers)
+        else:
+            await _send_error(
+                send,
+                GatewayError(
+                    404,
+                    f"The model '{model_id}' does not exist.",
+                    code="model_not_found",
+                    param="model",
+                ),
+                headers,
+            )
+
+    # ------------------------------------------------------------------ inference
+    async def _inference(
+        self, scope: dict[str, Any], receive: Any, send: Any, endpoint: str
+    ) -> None:
+        services = self.services
+        assert services is not None, "the lifespan has not run"
+        settings = self.settings
+        metrics = self.metrics
+        ctx = RequestContext(
+            request_id=self._request_id(scope),
+            endpoint=endpoint,
+            arrived_at=time.time(),
+            started=time.perf_counter(),
+        )
+        ctx.response_headers.append((b"x-request-id", ctx.request_id.encode()))
+        reservation: Reservation | None = None
+        plan: Plan | None = None
+        metrics.in_flight.inc()
+        try:
+            snapshot = self.snapshots.current
+            principal = authenticate(
+                presented_key(scope["headers"]), snapshot, settings.api_key_pepper
+            )
+            ctx.principal = principal
+            require_scope(principal)
+            raw = await _read_body(scope, receive, settings.max_body_bytes)
+            if principal.org.get("log_prompts"):
+                prompt_log.info(
+                    "request %s body: %s", ctx.request_id, raw.decode("utf-8", "replace")
+                )
+            try:
+                plan = plan_request(endpoint, raw, principal, snapshot, settings)
+            finally:
+                model = plan.alias if plan is not None else _requested_model(raw)
+                ctx.model = model
+                ctx.model_label = model if model in snapshot.models else "unknown"
+            reservation = await self._admit(ctx, principal, plan)
+            affinity = (
+                affinity_key_for(plan, settings.affinity_prefix_chars)
+                if self.router.uses_affinity(plan.alias)
+                else None
+            )
+            await services.proxy.forward(ctx, plan, raw, affinity, send, receive)
+        except GatewayError as err:
+            ctx.status = err.status
+            ctx.error = err.code
+            if err.status == 429:
+                metrics.limit_refusals.labels(
+                    _org_label(ctx.principal), err.reason, err.level or "none"
+                ).inc()
+            elif err.status < 500:
+                metrics.policy_refusals.labels(err.code).inc()
+            if not ctx.response_started:
+                await _send_error(send, err, ctx.response_headers + err.headers)
+        except _ClientGone:
+            ctx.status = 499
+            ctx.error = "client_disconnected"
+        except Exception:
+            log.exception("request %s failed", ctx.request_id)
+            ctx.status = 500
+            ctx.error = "internal_error"
+            if not ctx.response_started:
+                await _send_error(
+                    send,
+                    GatewayError(
+                        500,
+                        f"The gateway failed to handle this request (request id {ctx.request_id}).",
+                        code="internal_error",
+                    ),
+                    ctx.response_headers,
+                )
+        finally:
+            metrics.in_flight.dec()
+            await self._finish(ctx, reservation, plan)
+
+    async def _admit(
+        self, ctx: RequestContext, principal: Principal, plan: Plan
+    ) -> Reservation | None:
+        services = self.services
+        assert services is not None
+        subjects = [Subject(level, sid, lim) for level, sid, lim in level_limits(principal)]
+        # Unique even when clients reuse request ids: the slot must be this request's.
+        member = f"{ctx.request_id}:{self._instance}:{next(self._sequence)}"
+        if not has_admission_limits(subjects):
+            return services.limiter.unlimited(subjects, member)
+        try:
+            reservation = await services.limiter.admit(subjects, member, plan.reserve_tokens)
+        except LimitsUnavailable as exc:
+            self.metrics.redis_errors.labels("admit").inc()
+            if self.settings.limits_fail_mode == "open":
+                log.warning(
+                    "request %s admitted without limit checks (limits fail open): Redis "
+                    "unreachable: %s",
+                    ctx.request_id,
+                    exc,
+                )
+                return None
+            log.error("request %s refused: limits unavailable: %s", ctx.request_id, exc)
+            raise GatewayError(
+                503,
+                "Rate limits and budgets cannot be checked right now (limit store "
+                "unreachable), so the request was refused. Retry shortly.",
+                code="limits_unavailable",
+                headers=[(b"retry-after", b"1")],
+            ) from None
+        ctx.response_headers.extend(reservation.headers)
+        if any(has_conc for _, _, has_conc in reservation.levels):
+            ctx.renew_slot = lambda: services.limiter.renew_slot(reservation)
+        return reservation
+
+    async def _finish(
+        self, ctx: RequestContext, reservation: Reservation | None, plan: Plan | None
+    ) -> None:
+        ended = time.perf_counter()
+        metrics = self.metrics
+        principal = ctx.principal
+        org_label = _org_label(principal)
+        latency = ended - ctx.started
+        try:
+            metrics.requests.labels(org_label, ctx.model_label, ctx.endpoint, str(ctx.status)).inc()
+            series = metrics.series(org_label, ctx.model_label, ctx.endpoint)
+            series.latency.observe(latency)
+            if ctx.first_byte_at is not None:
+                series.ttft.observe(ctx.first_byte_at - ctx.started)
+            if ctx.prompt_tokens or ctx.completion_tokens:
+                series.tokens_in.inc(ctx.prompt_tokens)
+                series.tokens_out.inc(ctx.completion_tokens)
+            if ctx.upstream_sent_at is not None:
+                overhead = ctx.upstream_sent_at - ctx.started
+                if ctx.upstream_done_at is not None:
+                    overhead += ended - ctx.upstream_done_at
+                series.overhead.observe(overhead)
+            if self.settings.access_log:
+                access_log.info(
+                    "%s %s org=%s model=%s status=%d replica=%s tokens=%d/%d latency_ms=%.1f%s",
+                    ctx.request_id,
+                    ctx.endpoint,
+                    org_label,
+                    ctx.model_label,
+                    ctx.status,
+                    ctx.replica or "-",
+                    ctx.prompt_tokens,
+                    ctx.completion_tokens,
+                    latency * 1000,
+                    f" error={ctx.error}" if ctx.error else "",
+                )
+        except Exception:  # metrics must never lose the usage event below
+            log.exception("request %s: recording metrics failed", ctx.request_id)
+        if principal is None or self.services is None:
+            return  # unauthenticated: nobody to bill
+        actual = ctx.prompt_tokens + ctx.completion_tokens
+        if (
+            reservation is not None
+            and plan is not None
+            and not plan.stream
+            and ctx.status == 200
+            and not ctx.usage_reported
+        ):
+            # A success the upstream did not count: keep the worst case reserved.
+            actual = reservation.reserved
+        event: contract.UsageEvent = {
+            "schema": contract.USAGE_SCHEMA,
+            "request_id": ctx.request_id,
+            "ts": ctx.arrived_at,
+            "org": principal.org_id,
+            "team": principal.team_id,
+            "key": principal.key_id,
+            "user": principal.user,
+            "model": ctx.model[:200],
+            "endpoint": ctx.endpoint,
+            "replica": ctx.replica,
+            "status": ctx.status,
+            "prompt_tokens": ctx.prompt_tokens,
+            "completion_tokens": ctx.completion_tokens,
+            "latency_ms": round(latency * 1000, 3),
+            "ttft_ms": None
+            if ctx.first_byte_at is None
+            else round((ctx.first_byte_at - ctx.started) * 1000, 3),
+            "error": ctx.error,
+        }
+        # Shielded: a cancelled request (server shutdown) must still be accounted for.
+        await asyncio.shield(self.services.usage.record(event, reservation, actual))
+
+
+async def _read_body(scope: dict[str, Any], receive: Any, cap: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise GatewayError(
+                    400, "Invalid Content-Length header.", code="invalid_request"
+                ) from None
+            if declared > cap:
+                raise _too_large(cap)
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(cap)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(cap: int) -> GatewayError:
+    return GatewayError(
+        413, f"The request body exceeds the limit of {cap} bytes.", code="request_too_large"
+    )
+
+
+def _method_not_allowed(allowed: str) -> GatewayError:
+    return GatewayError(
+        405,
+        f"Method not allowed; use {allowed}.",
+        code="method_not_allowed",
+        headers=[(b"allow", allowed.encode())],
+    )
+
+
+def _requested_model(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else ""
+
+
+def _org_label(principal: Principal | None) -> str:
+    if principal is None:
+        return "unknown"
+    return principal.org.get("slug") or "unknown"
+
+
+async def _send_json(
+    send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = orjson.dumps(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *_JSON,
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Any, err: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:
+    body = err.body()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [*_JSON, (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None) -> Gateway:
+    """The ASGI app; reads settings from the environment when none are given."""
+    return Gateway(settings or Settings.from_env())

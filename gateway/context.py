@@ -1,0 +1,33 @@
+"""What the gateway learns about one request while serving it; the usage event, the
+metrics and the access log are all written from this one record."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gateway.auth import Principal
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: str
+    arrived_at: float  # unix time
+    started: float  # perf_counter at arrival
+    principal: Principal | None = None
+    model: str = ""  # the alias the client asked for
+    model_label: str = "unknown"  # bounded label: alias if in the snapshot
+    status: int = 500
+    error: str | None = None
+    replica: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_reported: bool = False
+    first_byte_at: float | None = None  # perf_counter
+    upstream_sent_at: float | None = None  # perf_counter
+    upstream_done_at: float | None = None  # perf_counter
+    response_started: bool = False
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Extends the request's concurrency slots (set when it holds any).
+    renew_slot: Callable[[], Awaitable[None]] | None = None

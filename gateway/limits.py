@@ -1,0 +1,447 @@
+"""Rate limits, concurrency slots and token budgets, enforced atomically in Redis.
+
+One Lua call admits a request against every level at once (key, team, organization),
+so admission is atomic across levels and across gateway processes; the tightest limit
+wins. A request reserves its worst case (prompt estimate + completion bound) and a
+second call settles the real count once the upstream has reported ``usage``; that same
+call frees the concurrency slot and appends the usage event, so a request costs two
+Redis round trips in all.
+
+Semantics (all clocks are Redis server time):
+
+* ``rpm`` / ``tpm``: a rolling 60-second window kept as one-second buckets in a hash
+  per subject (``<base>:rpm``, ``<base>:tpm``); exact at one-second granularity.
+* ``concurrency``: a sorted set of in-flight request ids scored by expiry
+  (``<base>:conc``); a slot left behind by a vanished gateway frees itself after
+  ``concurrency_slot_ttl`` seconds.
+* ``daily_tokens`` / ``monthly_tokens``: counters per UTC day and UTC calendar month
+  (``<base>:d:<days since epoch>``, ``<base>:m:<yyyymm>``). They are kept for every
+  subject whether or not it has a budget, so a budget introduced mid-period sees the
+  period's usage so far.
+
+Key names are built inside the scripts (the day depends on the server's clock), which
+needs a standalone Redis (or Sentinel), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway import contract
+from gateway.errors import GatewayError
+from gateway.resp import LuaScript, ScriptClient
+
+log = logging.getLogger("gateway.limits")
+
+_LUA_CALENDAR = r"""
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+local function days_from_civil(y, m)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5)
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+"""
+
+#: ARGV: member, reserve, slot_ttl, nlevels, then per level: base, rpm, tpm, concurrency,
+#: daily, monthly (-1 = no limit).
+#: Returns {1, sec, day, month, rpm_limit, rpm_remaining, rpm_reset, tpm_limit,
+#: tpm_remaining, tpm_reset} or {0, reason, level index, limit, remaining, retry_after}.
+ADMIT_LUA = (
+    _LUA_CALENDAR
+    + r"""
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now = sec + tonumber(t[2]) / 1000000
+local day = math.floor(sec / 86400)
+local y, m = civil_from_days(day)
+local month = y * 100 + m
+local member = ARGV[1]
+local reserve = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local cutoff = sec - 60
+
+local function window(key)
+  local flat = redis.call('HGETALL', key)
+  local total = 0
+  local live = {}
+  local stale = {}
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s <= cutoff then
+      stale[#stale + 1] = flat[i]
+    else
+      local v = tonumber(flat[i + 1])
+      total = total + v
+      live[#live + 1] = {s, v}
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  return total, live
+end
+
+-- seconds until enough of the window has expired to free `need` units
+local function wait_for(live, need)
+  local freed = 0
+  for _, b in ipairs(live) do
+    freed = freed + b[2]
+    if freed >= need then return math.max(1, b[1] + 60 - sec) end
+  end
+  return 60
+end
+
+local state = {}
+local best_rpm = {-1, -1, 0}
+local best_tpm = {-1, -1, 0}
+for i = 0, n - 1 do
+  local o = 5 + i * 6
+  local base = ARGV[o]
+  local rpm = tonumber(ARGV[o + 1])
+  local tpm = tonumber(ARGV[o + 2])
+  local conc = tonumber(ARGV[o + 3])
+  local daily = tonumber(ARGV[o + 4])
+  local monthly = tonumber(ARGV[o + 5])
+  local lvl = i + 1
+  if rpm >= 0 then
+    local used, live = window(base .. ':rpm')
+    if used + 1 > rpm then
+      return {0, 'rpm', lvl, rpm, math.max(0, rpm - used), wait_for(live, used + 1 - rpm)}
+    end
+    local reset = 0
+    if #live > 0 then reset = live[1][1] + 60 - sec end
+    if best_rpm[1] < 0 or rpm - used - 1 < best_rpm[2] then
+      best_rpm = {rpm, rpm - used - 1, reset}
+    end
+  end
+  if tpm >= 0 then
+    local used, live = window(base .. ':tpm')
+    if reserve > tpm then
+      return {0, 'tpm_request', lvl, tpm, math.max(0, tpm - used), 60}
+    end
+    if used + reserve > tpm then
+      return {0, 'tpm', lvl, tpm, math.max(0, tpm - used), wait_for(live, used + reserve - tpm)}
+    end
+    local reset = 0
+    if #live > 0 then reset = live[1][1] + 60 - sec end
+    if best_tpm[1] < 0 or tpm - used - reserve < best_tpm[2] then
+      best_tpm = {tpm, tpm - used - reserve, reset}
+    end
+  end
+  if conc >= 0 then
+    local key = base .. ':conc'
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local used = redis.call('ZCARD', key)
+    if used + 1 > conc then
+      return {0, 'concurrency', lvl, conc, math.max(0, conc - used), 1}
+    end
+  end
+  if daily >= 0 then
+    local used = tonumber(redis.call('GET', base .. ':d:' .. day) or '0')
+    if used + reserve > daily then
+      return {0, 'daily_tokens', lvl, daily, math.max(0, daily - used),
+              (day + 1) * 86400 - sec}
+    end
+  end
+  if monthly >= 0 then
+    local used = tonumber(redis.call('GET', base .. ':m:' .. month) or '0')
+    if used + reserve > monthly then
+      local ny, nm = y, m + 1
+      if nm > 12 then ny, nm = y + 1, 1 end
+      return {0, 'monthly_tokens', lvl, monthly, math.max(0, monthly - used),
+              days_from_civil(ny, nm) * 86400 - sec}
+    end
+  end
+  state[lvl] = {base, rpm, tpm, conc}
+end
+
+for lvl = 1, n do
+  local base, rpm, tpm, conc = state[lvl][1], state[lvl][2], state[lvl][3], state[lvl][4]
+  if rpm >= 0 then
+    redis.call('HINCRBY', base .. ':rpm', sec, 1)
+    redis.call('EXPIRE', base .. ':rpm', 61)
+  end
+  if tpm >= 0 then
+    redis.call('HINCRBY', base .. ':tpm', sec, reserve)
+    redis.call('EXPIRE', base .. ':tpm', 61)
+  end
+  if conc >= 0 then
+    redis.call('ZADD', base .. ':conc', now + ttl, member)
+    redis.call('EXPIRE', base .. ':conc', math.ceil(ttl) + 60)
+  end
+  if reserve ~= 0 then
+    redis.call('INCRBY', base .. ':d:' .. day, reserve)
+    redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
+    redis.call('INCRBY', base .. ':m:' .. month, reserve)
+    redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
+  end
+end
+return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],
+        best_tpm[1], best_tpm[2], best_tpm[3]}
+"""
+)
+
+#: KEYS[1]: usage stream. ARGV: member, delta, reservation second ('' if none), day
+#: ('' = today), month, maxlen, event json ('' = none), nlevels, then per level: base,
+#: has_tpm, has_conc.
+SETTLE_LUA = (
+    _LUA_CALENDAR
+    + r"""
+local member = ARGV[1]
+local delta = tonumber(ARGV[2])
+local res_sec = ARGV[3]
+local day = ARGV[4]
+local month = ARGV[5]
+if day == '' then
+  local sec = tonumber(redis.call('TIME')[1])
+  local d = math.floor(sec / 86400)
+  local y, m = civil_from_days(d)
+  day = tostring(d)
+  month = tostring(y * 100 + m)
+end
+local n = tonumber(ARGV[8])
+for i = 0, n - 1 do
+  local o = 9 + i * 3
+  local base = ARGV[o]
+  if ARGV[o + 2] == '1' then
+    redis.call('ZREM', base .. ':conc', member)
+  end
+  if delta ~= 0 then
+    if ARGV[o + 1] == '1' and res_sec ~= '' then
+      if redis.call('HEXISTS', base .. ':tpm', res_sec) == 1 then
+        redis.call('HINCRBY', base .. ':tpm', res_sec, delta)
+      end
+    end
+    redis.call('INCRBY', base .. ':d:' .. day, delta)
+    redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
+    redis.call('INCRBY', base .. ':m:' .. month, delta)
+    redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
+  end
+end
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[7])
+end
+return 1
+"""
+)
+
+#: ARGV: member, slot_ttl, then the bases whose concurrency slot to extend.
+RENEW_LUA = r"""
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[2])
+for i = 3, #ARGV do
+  redis.call('ZADD', ARGV[i] .. ':conc', 'XX', expiry, ARGV[1])
+end
+return 1
+"""
+
+ADMIT = LuaScript(ADMIT_LUA)
+RENEW = LuaScript(RENEW_LUA)
+SETTLE = LuaScript(SETTLE_LUA)
+
+REASON_CODES = {
+    "rpm": ("rate_limit_exceeded", "requests per minute"),
+    "tpm": ("rate_limit_exceeded", "tokens per minute"),
+    "tpm_request": ("request_too_large", "tokens per minute"),
+    "concurrency": ("concurrency_limit_exceeded", "concurrent requests"),
+    "daily_tokens": ("budget_exceeded", "daily token budget"),
+    "monthly_tokens": ("budget_exceeded", "monthly token budget"),
+}
+_NO_LIMIT = -1
+
+
+class LimitsUnavailable(Exception):
+    """Redis could not be reached to check limits."""
+
+
+@dataclass(slots=True)
+class Subject:
+    level: str  # "key" | "team" | "org"
+    id: str
+    limits: contract.Limits
+
+    @property
+    def base(self) -> str:
+        return f"{contract.LIMITS_PREFIX}{self.level}:{self.id}"
+
+
+@dataclass(slots=True)
+class Reservation:
+    member: str
+    reserved: int = 0
+    sec: int | None = None
+    day: int | None = None
+    month: int | None = None
+    #: (base, has_tpm, has_conc) for each level the admission touched.
+    levels: list[tuple[str, bool, bool]] = field(default_factory=list)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def _limit(limits: contract.Limits, name: str) -> int:
+    value = limits.get(name)
+    return _NO_LIMIT if value is None else int(value)
+
+
+def has_admission_limits(subjects: list[Subject]) -> bool:
+    return any(
+        s.limits.get(name) is not None
+        for s in subjects
+        for name in ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens")
+    )
+
+
+def _rate_headers(values: list[int]) -> list[tuple[bytes, bytes]]:
+    rpm_limit, rpm_remaining, rpm_reset, tpm_limit, tpm_remaining, tpm_reset = values
+    headers: list[tuple[bytes, bytes]] = []
+    if rpm_limit >= 0:
+        headers += [
+            (b"x-ratelimit-limit-requests", str(rpm_limit).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(0, rpm_remaining)).encode()),
+            (b"x-ratelimit-reset-requests", f"{max(0, rpm_reset)}s".encode()),
+        ]
+    if tpm_limit >= 0:
+        headers += [
+            (b"x-ratelimit-limit-tokens", str(tpm_limit).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(0, tpm_remaining)).encode()),
+            (b"x-ratelimit-reset-tokens", f"{max(0, tpm_reset)}s".encode()),
+        ]
+    return headers
+
+
+class Limiter:
+    def __init__(self, scripts: ScriptClient, slot_ttl: float, usage_maxlen: int) -> None:
+        self.scripts = scripts
+        self.slot_ttl = slot_ttl
+        self.usage_maxlen = usage_maxlen
+
+    def unlimited(self, subjects: list[Subject], member: str) -> Reservation:
+        """A reservation for a request that needs no admission check: settling it
+        still counts its tokens in the subjects' day and month counters."""
+        return Reservation(member=member, levels=[(s.base, False, False) for s in subjects])
+
+    async def renew_slot(self, reservation: Reservation) -> None:
+        """Push the expiry of a long request's concurrency slots forward, so a stream
+        that outlives ``slot_ttl`` keeps counting against the limit."""
+        bases = [base for base, _, has_conc in reservation.levels if has_conc]
+        if bases:
+            await self.scripts.run(RENEW, [], [reservation.member, self.slot_ttl, *bases])
+
+    async def admit(self, subjects: list[Subject], member: str, reserve: int) -> Reservation:
+        """Reserve ``reserve`` tokens, one request and one slot at every level, or raise
+        a 429 ``GatewayError`` naming the limit; ``LimitsUnavailable`` if Redis is down."""
+        args: list[Any] = [member, reserve, self.slot_ttl, len(subjects)]
+        for s in subjects:
+            lim = s.limits
+            args += [
+                s.base,
+                _limit(lim, "rpm"),
+                _limit(lim, "tpm"),
+                _limit(lim, "concurrency"),
+                _limit(lim, "daily_tokens"),
+                _limit(lim, "monthly_tokens"),
+            ]
+        try:
+            result = await self.scripts.run(ADMIT, [], args)
+        except (RedisError, OSError) as exc:
+            raise LimitsUnavailable(str(exc) or type(exc).__name__) from exc
+        if int(result[0]) == 1:
+            return Reservation(
+                member=member,
+                reserved=reserve,
+                sec=int(result[1]),
+                day=int(result[2]),
+                month=int(result[3]),
+                levels=[
+                    (
+                        s.base,
+                        s.limits.get("tpm") is not None,
+                        s.limits.get("concurrency") is not None,
+                    )
+                    for s in subjects
+                ],
+                headers=_rate_headers([int(v) for v in result[4:10]]),
+            )
+        reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        level = subjects[int(result[2]) - 1].level
+        limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
+        raise refusal(reason, level, limit, remaining, retry_after, reserve)
+
+    def settle_args(
+        self, reservation: Reservation | None, actual_tokens: int, event_json: str
+    ) -> list[Any]:
+        if reservation is None:
+            return ["", actual_tokens, "", "", "", self.usage_maxlen, event_json, 0]
+        args: list[Any] = [
+            reservation.member,
+            actual_tokens - reservation.reserved,
+            "" if reservation.sec is None else reservation.sec,
+            "" if reservation.day is None else reservation.day,
+            "" if reservation.month is None else reservation.month,
+            self.usage_maxlen,
+            event_json,
+            len(reservation.levels),
+        ]
+        for base, has_tpm, has_conc in reservation.levels:
+            args += [base, "1" if has_tpm else "0", "1" if has_conc else "0"]
+        return args
+
+    async def settle(
+        self, reservation: Reservation | None, actual_tokens: int, event_json: str
+    ) -> None:
+        """Replace the reservation by the real count, free the slot, append the event."""
+        args = self.settle_args(reservation, actual_tokens, event_json)
+        await self.scripts.run(SETTLE, [contract.USAGE_STREAM], args)
+
+
+def refusal(
+    reason: str, level: str, limit: int, remaining: int, retry_after: int, reserve: int
+) -> GatewayError:
+    code, what = REASON_CODES.get(reason, ("rate_limit_exceeded", reason))
+    if reason == "tpm_request":
+        message = (
+            f"This request needs up to {reserve} tokens, more than the {level}'s limit of "
+            f"{limit} tokens per minute; lower max_tokens or the prompt size."
+        )
+    else:
+        message = (
+            f"Rate limit reached: {what} of the {level} ({limit}). Retry after {retry_after} s."
+        )
+    headers = [(b"retry-after", str(retry_after).encode())]
+    if reason in ("rpm",):
+        headers += [
+            (b"x-ratelimit-limit-requests", str(limit).encode()),
+            (b"x-ratelimit-remaining-requests", str(remaining).encode()),
+            (b"x-ratelimit-reset-requests", f"{retry_after}s".encode()),
+        ]
+    elif reason in ("tpm", "tpm_request", "daily_tokens", "monthly_tokens"):
+        headers += [
+            (b"x-ratelimit-limit-tokens", str(limit).encode()),
+            (b"x-ratelimit-remaining-tokens", str(remaining).encode()),
+            (b"x-ratelimit-reset-tokens", f"{retry_after}s".encode()),
+        ]
+    else:
+        headers += [
+            (b"x-ratelimit-limit-concurrency", str(limit).encode()),
+            (b"x-ratelimit-remaining-concurrency", str(remaining).encode()),
+        ]
+    return GatewayError(429, message, code=code, headers=headers, reason=reason, level=level)

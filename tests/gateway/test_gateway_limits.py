@@ -1,0 +1,248 @@
+"""The limit scripts against a real Redis: windows, slots, budgets, levels, settling."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway import contract
+from gateway.errors import GatewayError
+from gateway.limits import _LUA_CALENDAR, Limiter, Subject
+from gateway.resp import ScriptClient
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class Harness:
+    def __init__(self, url: str, slot_ttl: float = 60.0) -> None:
+        self.url = url
+        self.slot_ttl = slot_ttl
+
+    async def __aenter__(self):
+        self.redis = aioredis.Redis.from_url(self.url)
+        self.scripts = ScriptClient(self.url, timeout=5.0)
+        self.limiter = Limiter(self.scripts, self.slot_ttl, 10_000)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.scripts.aclose()
+        await self.redis.aclose()
+
+    async def admit(self, subjects, reserve=1):
+        return await self.limiter.admit(subjects, uuid.uuid4().hex, reserve)
+
+    async def refused(self, subjects, reserve=1) -> GatewayError:
+        with pytest.raises(GatewayError) as info:
+            await self.admit(subjects, reserve)
+        assert info.value.status == 429
+        return info.value
+
+
+def subjects(key=None, team=None, org=None, tag=None):
+    tag = tag or uuid.uuid4().hex[:8]
+    out = [Subject("key", f"k-{tag}", key or {})]
+    if team is not None:
+        out.append(Subject("team", f"t-{tag}", team))
+    out.append(Subject("org", f"o-{tag}", org or {}))
+    return out
+
+
+def headers(err: GatewayError) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in err.headers}
+
+
+def test_rpm_admits_exactly_the_limit(redis_client, redis_url):
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"rpm": 5})
+            for _ in range(5):
+                res = await h.admit(s)
+            hdr = dict((k.decode(), v.decode()) for k, v in res.headers)
+            assert hdr["x-ratelimit-limit-requests"] == "5"
+            assert hdr["x-ratelimit-remaining-requests"] == "0"
+            err = await h.refused(s)
+            assert err.code == "rate_limit_exceeded"
+            assert err.reason == "rpm" and err.level == "key"
+            hdr = headers(err)
+            assert 1 <= int(hdr["retry-after"]) <= 60
+            assert hdr["x-ratelimit-limit-requests"] == "5"
+            assert hdr["x-ratelimit-remaining-requests"] == "0"
+
+    run(scenario())
+
+
+def test_tightest_level_wins_and_refusal_writes_nothing(redis_client, redis_url):
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"rpm": 10}, team={"rpm": 8}, org={"rpm": 3})
+            for _ in range(3):
+                await h.admit(s)
+            err = await h.refused(s)
+            assert err.level == "org"
+            key_counts = await h.redis.hgetall(s[0].base + ":rpm")
+            assert sum(int(v) for v in key_counts.values()) == 3  # refusal left no trace
+            # A sibling key under another org is not affected by this org's limit.
+            other = subjects(key={"rpm": 10})
+            await h.admit(other)
+
+    run(scenario())
+
+
+def test_tpm_reserve_then_settle_frees_tokens(redis_client, redis_url):
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"tpm": 100})
+            first = await h.admit(s, 60)
+            err = await h.refused(s, 60)
+            assert err.reason == "tpm"
+            assert headers(err)["x-ratelimit-remaining-tokens"] == "40"
+            await h.limiter.settle(first, 10, "")
+            await h.admit(s, 60)  # 10 + 60 <= 100
+            err = await h.refused(s, 101)
+            assert (err.reason, err.code) == ("tpm_request", "request_too_large")
+
+    run(scenario())
+
+
+def test_concurrency_slots_release_and_expire(redis_client, redis_url):
+    async def scenario():
+        async with Harness(redis_url, slot_ttl=1.0) as h:
+            s = subjects(team={"concurrency": 2})
+            a = await h.admit(s)
+            await h.admit(s)
+            err = await h.refused(s)
+            assert (err.reason, err.code, err.level) == (
+                "concurrency",
+                "concurrency_limit_exceeded",
+                "team",
+            )
+            await h.limiter.settle(a, 1, "")
+            await h.admit(s)  # a's slot was freed
+            await h.refused(s)
+            await asyncio.sleep(1.2)  # both remaining slots belong to a "dead gateway"
+            await h.admit(s)
+            await h.admit(s)
+
+    run(scenario())
+
+
+def test_daily_and_monthly_budgets(redis_client, redis_url):
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(org={"daily_tokens": 100})
+            r = await h.admit(s, 60)
+            err = await h.refused(s, 50)
+            assert (err.reason, err.code) == ("daily_tokens", "budget_exceeded")
+            now = time.time()
+            assert 0 < int(headers(err)["retry-after"]) <= 86400 - int(now) % 86400 + 2
+            await h.limiter.settle(r, 20, "")
+            await h.admit(s, 50)
+            s = subjects(key={"monthly_tokens": 10})
+            await h.admit(s, 10)
+            err = await h.refused(s, 1)
+            assert err.reason == "monthly_tokens"
+            assert 0 < int(headers(err)["retry-after"]) <= 31 * 86400
+
+    run(scenario())
+
+
+def test_usage_is_counted_even_without_limits(redis_client, redis_url):
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(tag="free")
+            reservation = h.limiter.unlimited(s, "m1")
+            event = orjson.dumps({"request_id": "r1"}).decode()
+            await h.limiter.settle(reservation, 42, event)
+            day = int(time.time()) // 86400
+            assert int(await h.redis.get(s[0].base + f":d:{day}")) == 42
+            month = dt.datetime.now(dt.UTC).strftime("%Y%m")
+            assert int(await h.redis.get(s[1].base + f":m:{month}")) == 42
+            entries = await h.redis.xrange(contract.USAGE_STREAM)
+            assert [orjson.loads(f[b"event"]) for _, f in entries] == [{"request_id": "r1"}]
+            # A budget introduced now sees the 42 tokens already used today.
+            limited = [Subject(x.level, x.id, {"daily_tokens": 50}) for x in s]
+            err = await h.refused(limited, 10)
+            assert err.reason == "daily_tokens"
+
+    run(scenario())
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.integers(min_value=-3000, max_value=200_000))
+def test_lua_calendar_matches_python(redis_client, day):
+    script = (
+        _LUA_CALENDAR
+        + """
+local y, m = civil_from_days(tonumber(ARGV[1]))
+return {y, m, days_from_civil(y, m)}
+"""
+    )
+    y, m, first = redis_client.eval(script, 0, day)
+    date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+    assert (y, m) == (date.year, date.month)
+    assert first == (date.replace(day=1) - dt.date(1970, 1, 1)).days
+
+
+operations = st.lists(
+    st.tuples(st.integers(min_value=1, max_value=40), st.floats(min_value=0, max_value=1)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations, st.integers(min_value=1, max_value=150))
+def test_budget_model_never_overspends(redis_client, redis_url, ops, budget):
+    """Against a model: admit while reserved + spent fits the budget; settle the real
+    count (never above the reservation). The counter always equals the model and
+    never exceeds the budget."""
+
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"daily_tokens": budget})
+            counted = 0
+            for reserve, fraction in ops:
+                if counted + reserve <= budget:
+                    r = await h.admit(s, reserve)
+                    actual = int(reserve * fraction)
+                    await h.limiter.settle(r, actual, "")
+                    counted += actual
+                else:
+                    err = await h.refused(s, reserve)
+                    assert err.reason == "daily_tokens"
+                day = int(time.time()) // 86400
+                stored = int(await h.redis.get(s[0].base + f":d:{day}") or 0)
+                assert stored == counted <= budget
+
+    run(scenario())
+
+
+def test_admission_is_exact_under_concurrency(redis_client, redis_url):
+    """Many concurrent admissions from several connections: exactly the limit passes."""
+
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"rpm": 1000}, team={"rpm": 37}, org={"tpm": 10_000})
+            results = await asyncio.gather(
+                *[h.limiter.admit(s, uuid.uuid4().hex, 5) for _ in range(120)],
+                return_exceptions=True,
+            )
+            refused = [r for r in results if isinstance(r, BaseException)]
+            assert len(results) - len(refused) == 37
+            assert {(type(r), r.status, r.level) for r in refused} == {(GatewayError, 429, "team")}
+
+    run(scenario())

@@ -1,0 +1,122 @@
+"""Redis goes away: the gateway keeps serving from the snapshot in memory, refuses
+(or, if configured, admits) requests whose limits it cannot check, buffers usage
+events and delivers them once Redis is back."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import orjson
+import pytest
+
+from gateway import contract
+from tests.gateway.fakes import DisposableRedis, SnapshotBuilder, route, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def own_redis():
+    server = DisposableRedis()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def keys(own_redis, upstream_urls):
+    snap = SnapshotBuilder()
+    snap.org("org-1", slug="one", models=("chat-model",))
+    free = snap.key("k-free", "org-1")
+    limited = snap.key("k-limited", "org-1", limits={"rpm": 1000})
+    snap.model("chat-model", [route("a", upstream_urls["a"])])
+    snap.publish(own_redis.client())
+    return free, limited
+
+
+def chat(url: str, key: str) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+
+
+@pytest.fixture
+def gateway_on(own_redis, keys, start_gateway):
+    def start(**overrides):
+        gw = start_gateway(redis_url=own_redis.url, redis_timeout=0.3, **overrides)
+        gw.wait_version(1)
+        return gw
+
+    return start
+
+
+def test_serves_from_memory_and_fails_closed(own_redis, keys, gateway_on, fake_a):
+    free, limited = keys
+    gw = gateway_on()
+    assert chat(gw.url, free).status_code == 200
+    assert chat(gw.url, limited).status_code == 200
+    assert wait_for(lambda: own_redis.client().xlen(contract.USAGE_STREAM) == 2)
+
+    own_redis.kill()
+    # No limits to check: served from the snapshot in memory.
+    for _ in range(3):
+        assert chat(gw.url, free).status_code == 200
+    # Limits cannot be checked: refused with a clear message (default fail mode).
+    r = chat(gw.url, limited)
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "limits_unavailable"
+    assert "cannot be checked" in r.json()["error"]["message"]
+    assert r.headers["retry-after"] == "1"
+    assert httpx.get(gw.url + "/readyz").status_code == 200  # the snapshot is still loaded
+    usage = gw.app.services.usage
+    assert wait_for(lambda: len(usage.buffer) == 4)  # 3 served + 1 refused, all authenticated
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert "gateway_usage_events_buffered 4.0" in metrics
+
+    own_redis.start()  # an empty Redis on the same port
+    client = own_redis.client()
+    assert wait_for(lambda: client.xlen(contract.USAGE_STREAM) == 4, timeout=10)
+    events = [orjson.loads(f[b"event"]) for _, f in client.xrange(contract.USAGE_STREAM)]
+    assert [e["status"] for e in events] == [200, 200, 200, 503]
+    assert not usage.buffer
+    assert wait_for(lambda: chat(gw.url, limited).status_code == 200, timeout=5)
+
+
+def test_fail_open_admits_when_limits_are_unreachable(own_redis, keys, gateway_on, fake_a):
+    _, limited = keys
+    gw = gateway_on(limits_fail_mode="open")
+    own_redis.kill()
+    r = chat(gw.url, limited)
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "Hello from a"
+    assert wait_for(lambda: len(gw.app.services.usage.buffer) == 1)
+
+
+def test_starts_without_redis_and_becomes_ready_when_it_appears(own_redis, keys, start_gateway):
+    free, _ = keys
+    snapshot = own_redis.client().get(contract.SNAPSHOT_KEY)
+    own_redis.kill()
+    gw = start_gateway(redis_url=own_redis.url, redis_timeout=0.3)
+    assert httpx.get(gw.url + "/readyz").status_code == 503
+    assert chat(gw.url, free).status_code == 401  # nothing known yet: nobody gets in
+    own_redis.start()
+    own_redis.client().set(contract.SNAPSHOT_KEY, snapshot)
+    assert wait_for(lambda: httpx.get(gw.url + "/readyz").status_code == 200, timeout=5)
+    time.sleep(0.1)
+    assert chat(gw.url, free).status_code == 200
+
+
+def test_usage_buffer_is_bounded(own_redis, keys, gateway_on, fake_a):
+    free, _ = keys
+    gw = gateway_on(usage_buffer_max=2)
+    own_redis.kill()
+    for _ in range(4):
+        assert chat(gw.url, free).status_code == 200
+    assert wait_for(
+        lambda: "gateway_usage_events_dropped_total 2.0" in httpx.get(gw.url + "/metrics").text
+    )
+    assert len(gw.app.services.usage.buffer) == 2
