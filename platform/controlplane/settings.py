@@ -22,6 +22,10 @@ DEV_MODE = env_bool("PLATFORM_DEV", False)
 DEBUG = env_bool("DEBUG", False)
 
 SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY and (DATA_DIR / "secret_key").is_file():
+    # Written by the single-machine launcher on its first start (mode 0600), so that
+    # management commands on the same machine use the same key.
+    SECRET_KEY = (DATA_DIR / "secret_key").read_text().strip()
 if not SECRET_KEY:
     if not DEV_MODE:
         raise ImproperlyConfigured(

@@ -70,6 +70,19 @@ class Traffic:
             thread.join(timeout=120)
 
 
+def admin_session(base: str, username: str, password: str) -> httpx.Client:
+    """A browser-like session of the platform administrator (fleet is theirs)."""
+    client = httpx.Client(timeout=30)
+    client.get(f"{base}/admin/login/")
+    response = client.post(
+        f"{base}/admin/login/",
+        data={"username": username, "password": password, "next": "/admin/"},
+        headers={"X-CSRFToken": client.cookies["csrftoken"], "Referer": f"{base}/admin/login/"},
+    )
+    assert response.status_code in (200, 302) and "sessionid" in client.cookies, response.text[:500]
+    return client
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 1.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -94,8 +107,10 @@ def test_fleet_lifecycle(tmp_path: Path, engine_python, real_services):
         client = openai.OpenAI(base_url=platform.gateway, api_key=key, max_retries=0, timeout=120)
         assert len(client.embeddings.create(model="minilm", input=["x"]).data[0].embedding) == 384
 
-        node = api.get("/fleet/nodes/").json()
-        assert node["results"][0]["pool"] == "local"  # the agent registered with its inventory
+        admin = admin_session(platform.api.removesuffix("/api/v1"), "admin", "fleet-pass-1")
+        nodes = admin.get(f"{platform.api}/fleet/nodes/").json()["results"]
+        assert [n["pool"] for n in nodes] == ["local"]  # the agent registered itself
+        assert nodes[0]["inventory"]["kind"] in ("cpu", "gpu")
 
         def chat_replicas(state="ready"):
             replicas = api.get("/organizations/demo/replicas/", params={"page_size": 100}).json()

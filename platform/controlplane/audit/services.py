@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from django.core.exceptions import ValidationError
 from django.db import connection, models
 from django.utils import timezone
 
@@ -38,6 +39,25 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
     """``{field: [before, after]}`` for the fields whose value changed."""
     keys = sorted(set(before) | set(after))
     return {k: [before.get(k), after.get(k)] for k in keys if before.get(k) != after.get(k)}
+
+
+def reject_unknown_fields(fields: dict, allowed, message: str = "Unknown field.") -> None:
+    """A 400 naming every field a service function does not take."""
+    unknown = set(fields) - set(allowed)
+    if unknown:
+        raise ValidationError({name: message for name in sorted(unknown)})
+
+
+def apply_changes(instance: models.Model, fields: dict, allowed) -> dict[str, list[Any]]:
+    """Set ``fields`` (all of them in ``allowed``) on ``instance``, validate, save, and
+    return the audit diff of what really changed."""
+    reject_unknown_fields(fields, allowed, "This field cannot be changed.")
+    before = field_values(instance, fields.keys())
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    instance.full_clean()
+    instance.save()
+    return diff(before, field_values(instance, fields.keys()))
 
 
 def record_event(

@@ -11,7 +11,13 @@ from pathlib import PurePosixPath
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 
-from controlplane.audit.services import diff, field_values, record_event
+from controlplane.audit.services import (
+    apply_changes,
+    diff,
+    field_values,
+    record_event,
+    reject_unknown_fields,
+)
 from controlplane.catalog.models import (
     Model,
     ModelVersion,
@@ -139,9 +145,7 @@ MODEL_FIELDS = {
 @transaction.atomic
 def create_model(*, actor: Actor, **fields) -> Model:
     require(actor, "catalog.change")
-    unknown = set(fields) - MODEL_FIELDS
-    if unknown:
-        raise ValidationError({name: "Unknown field." for name in sorted(unknown)})
+    reject_unknown_fields(fields, MODEL_FIELDS)
     if Model.objects.filter(alias=fields.get("alias")).exists():
         raise ValidationError({"alias": f"A model named {fields['alias']!r} already exists."})
     model = Model(**fields)
@@ -160,15 +164,7 @@ def update_model(*, actor: Actor, model: Model, **fields) -> Model:
     if "alias" in fields and fields["alias"] != model.alias:
         raise ValidationError({"alias": "A model's alias cannot change; keys and clients use it."})
     fields.pop("alias", None)
-    unknown = set(fields) - MODEL_FIELDS
-    if unknown:
-        raise ValidationError({name: "Unknown field." for name in sorted(unknown)})
-    before = field_values(model, fields.keys())
-    for name, value in fields.items():
-        setattr(model, name, value)
-    model.full_clean()
-    model.save()
-    changes = diff(before, field_values(model, fields.keys()))
+    changes = apply_changes(model, fields, MODEL_FIELDS)
     if changes:
         record_event(actor=actor, action="model.update", target=model, changes=changes)
         publish_on_commit()
@@ -204,9 +200,7 @@ VERSION_FIELDS = {
 
 
 def _apply_version_fields(actor: Actor, version: ModelVersion, fields: dict) -> None:
-    unknown = set(fields) - VERSION_FIELDS
-    if unknown:
-        raise ValidationError({name: "Unknown field." for name in sorted(unknown)})
+    reject_unknown_fields(fields, VERSION_FIELDS)
     if "engine_args" in fields:
         validate_engine_args(fields["engine_args"])
     if "file_manifest" in fields:
@@ -306,9 +300,7 @@ def create_upstream(
 def update_upstream(*, actor: Actor, upstream: Upstream, api_key=None, **fields) -> Upstream:
     require(actor, "catalog.change")
     allowed = {"base_url", "served_model_name", "enabled"}
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    reject_unknown_fields(fields, allowed, "This field cannot be changed.")
     if "base_url" in fields:
         external = upstream.model.openness == Openness.OPEN_ACCESS
         check_url(fields["base_url"], allow_internal=not external, field="base_url")
@@ -422,19 +414,13 @@ def update_policy(*, actor: Actor, organization: Organization, **fields) -> Orga
     require(actor, "policy.change", organization)
     policy, _ = OrganizationPolicy.objects.get_or_create(organization=organization)
     allowed = {"allowed_openness", "require_commercial_use"}
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValidationError({name: "Unknown field." for name in sorted(unknown)})
+    reject_unknown_fields(fields, allowed)
     if "allowed_openness" in fields:
         value = fields["allowed_openness"]
         if not isinstance(value, list) or any(v not in Openness.values for v in value):
             raise ValidationError({"allowed_openness": f"A list of: {', '.join(Openness.values)}."})
         fields["allowed_openness"] = sorted(set(value))
-    before = field_values(policy, allowed)
-    for name, value in fields.items():
-        setattr(policy, name, value)
-    policy.save()
-    changes = diff(before, field_values(policy, allowed))
+    changes = apply_changes(policy, fields, allowed)
     if changes:
         record_event(
             actor=actor,

@@ -16,7 +16,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Sum
 
-from controlplane.audit.services import diff, field_values, record_event
+from controlplane.audit.services import (
+    apply_changes,
+    diff,
+    field_values,
+    record_event,
+    reject_unknown_fields,
+)
 from controlplane.catalog.models import ModelVersion, SourceType
 from controlplane.catalog.models import Task as ModelTask
 from controlplane.catalog.secrets import decrypt_secret
@@ -97,12 +103,6 @@ def request_reconcile() -> None:
     transaction.on_commit(enqueue)
 
 
-def _check_fields(fields: dict, allowed: set[str]) -> None:
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValidationError({name: "Unknown field." for name in sorted(unknown)})
-
-
 # --------------------------------------------------------------------------- pools
 POOL_FIELDS = {"name", "description", "labels", "strategy", "org_gpu_quota"}
 
@@ -110,7 +110,7 @@ POOL_FIELDS = {"name", "description", "labels", "strategy", "org_gpu_quota"}
 @transaction.atomic
 def create_pool(*, actor: Actor, **fields) -> Pool:
     require(actor, "fleet.manage")
-    _check_fields(fields, POOL_FIELDS)
+    reject_unknown_fields(fields, POOL_FIELDS)
     if Pool.objects.filter(name=fields.get("name")).exists():
         raise ValidationError({"name": f"A pool named {fields['name']!r} already exists."})
     if "labels" in fields:
@@ -130,15 +130,10 @@ def update_pool(*, actor: Actor, pool: Pool, **fields) -> Pool:
     if "name" in fields and fields["name"] != pool.name:
         raise ValidationError({"name": "A pool's name cannot change; agents report it."})
     fields.pop("name", None)
-    _check_fields(fields, POOL_FIELDS)
+    reject_unknown_fields(fields, POOL_FIELDS)
     if "labels" in fields:
         fields["labels"] = validate_labels(fields["labels"], "labels")
-    before = field_values(pool, fields.keys())
-    for name, value in fields.items():
-        setattr(pool, name, value)
-    pool.full_clean()
-    pool.save()
-    changes = diff(before, field_values(pool, fields.keys()))
+    changes = apply_changes(pool, fields, POOL_FIELDS)
     if changes:
         record_event(actor=actor, action="pool.update", target=pool, changes=changes)
         request_reconcile()
@@ -166,7 +161,7 @@ NODE_FIELDS = {"name", "pool", "address", "labels"}
 def create_node(*, actor: Actor, **fields) -> Node:
     """Register a node ahead of its agent (it stays lost until the agent reports)."""
     require(actor, "fleet.manage")
-    _check_fields(fields, NODE_FIELDS)
+    reject_unknown_fields(fields, NODE_FIELDS)
     if Node.objects.filter(name=fields.get("name")).exists():
         raise ValidationError({"name": f"A node named {fields['name']!r} already exists."})
     if "labels" in fields:
@@ -186,7 +181,7 @@ def update_node(*, actor: Actor, node: Node, **fields) -> Node:
     if "name" in fields and fields["name"] != node.name:
         raise ValidationError({"name": "A node's name cannot change; its agent reports it."})
     fields.pop("name", None)
-    _check_fields(fields, {"pool", "address", "labels"})
+    reject_unknown_fields(fields, {"pool", "address", "labels"})
     if "labels" in fields:
         fields["labels"] = validate_labels(fields["labels"], "labels")
     if "pool" in fields and fields["pool"] != node.pool and _active_replicas(node).exists():
@@ -436,7 +431,7 @@ def _audit_values(deployment: Deployment) -> dict:
 @transaction.atomic
 def create_deployment(*, actor: Actor, organization: Organization, **fields) -> Deployment:
     require(actor, "deployment.change", organization)
-    _check_fields(fields, DEPLOYMENT_FIELDS)
+    reject_unknown_fields(fields, DEPLOYMENT_FIELDS)
     if "pool" not in fields:
         raise ValidationError({"pool": "This field is required."})
     name = fields.get("name")
@@ -466,7 +461,7 @@ def update_deployment(*, actor: Actor, deployment: Deployment, **fields) -> Depl
     if "name" in fields and fields["name"] != deployment.name:
         raise ValidationError({"name": "A deployment's name cannot change."})
     fields.pop("name", None)
-    _check_fields(fields, DEPLOYMENT_FIELDS)
+    reject_unknown_fields(fields, DEPLOYMENT_FIELDS)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     before = _audit_values(deployment)
     if "model" in fields or "version" in fields:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from controlplane.audit.services import diff, field_values, record_event
+from controlplane.audit.services import apply_changes, diff, field_values, record_event
 from controlplane.quotas.models import LIMIT_FIELDS, LimitPolicy
 from controlplane.snapshot import publish_on_commit
 from controlplane.tenancy.actors import Actor
@@ -72,12 +72,7 @@ def create_limit_policy(
 def update_limit_policy(*, actor: Actor, policy: LimitPolicy, **limits) -> LimitPolicy:
     require(actor, "limits.change", policy.organization)
     _check_values(limits)
-    before = field_values(policy, LIMIT_FIELDS)
-    for name, value in limits.items():
-        setattr(policy, name, value)
-    policy.full_clean()
-    policy.save()
-    changes = diff(before, field_values(policy, LIMIT_FIELDS))
+    changes = apply_changes(policy, limits, LIMIT_FIELDS)
     if changes:
         record_event(
             actor=actor,

@@ -7,7 +7,6 @@ audit event in the same transaction and publishes the gateway snapshot on commit
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -15,7 +14,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from controlplane.audit.services import diff, field_values, record_event
+from controlplane.audit.services import apply_changes, diff, field_values, record_event
 from controlplane.snapshot import publish_on_commit
 from controlplane.tenancy.actors import Actor
 from controlplane.tenancy.models import ApiKey, Membership, Organization, Team, TeamMembership
@@ -24,18 +23,6 @@ from controlplane.tenancy.roles import Role
 from gateway.contract import SCOPES, generate_api_key, hash_api_key_secret
 
 User = get_user_model()
-
-
-def _update_fields(instance, fields: dict, allowed: Iterable[str]) -> dict:
-    unknown = set(fields) - set(allowed)
-    if unknown:
-        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
-    before = field_values(instance, fields.keys())
-    for name, value in fields.items():
-        setattr(instance, name, value)
-    instance.full_clean()
-    instance.save()
-    return diff(before, field_values(instance, fields.keys()))
 
 
 # --------------------------------------------------------------------------- organizations
@@ -68,7 +55,7 @@ def create_organization(
 @transaction.atomic
 def update_organization(*, actor: Actor, organization: Organization, **fields) -> Organization:
     require(actor, "organization.change", organization)
-    changes = _update_fields(organization, fields, {"name", "log_prompts"})
+    changes = apply_changes(organization, fields, {"name", "log_prompts"})
     if changes:
         record_event(
             actor=actor,
@@ -118,7 +105,7 @@ def create_team(*, actor: Actor, organization: Organization, slug: str, name: st
 @transaction.atomic
 def update_team(*, actor: Actor, team: Team, **fields) -> Team:
     require(actor, "team.change", team.organization)
-    changes = _update_fields(team, fields, {"name"})
+    changes = apply_changes(team, fields, {"name"})
     if changes:
         record_event(
             actor=actor,
@@ -410,7 +397,7 @@ def update_api_key(*, actor: Actor, key: ApiKey, **fields) -> ApiKey:
             allowed_models=fields.get("allowed_models", []),
             expires_at=fields.get("expires_at"),
         )
-    changes = _update_fields(key, fields, {"name", "allowed_models", "expires_at"})
+    changes = apply_changes(key, fields, {"name", "allowed_models", "expires_at"})
     if changes:
         record_event(
             actor=actor,
