@@ -1,6 +1,6 @@
 """A stand-in for a vLLM OpenAI server, for the node agent's fast tests.
 
-Takes vLLM's command line (only --model, --host, --port, --api-key and
+Takes vLLM's command line (only --model, --host, --port, --api-key or VLLM_API_KEY, and
 --served-model-name matter; the rest is ignored) and serves:
 
 - GET  /health                 200 once "healthy", 503 before (or after "unhealthy_after")
@@ -46,15 +46,18 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--api-key", required=True)
+    # Like vLLM: the key comes from --api-key or, as the agent passes it, VLLM_API_KEY.
+    parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"))
     parser.add_argument("--served-model-name", default="fake")
     args, _unknown = parser.parse_known_args()
+    if not args.api_key:
+        parser.error("no API key: pass --api-key or set VLLM_API_KEY")
     model_dir = Path(args.model)
     config_path = model_dir / "fake_engine.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     starts = _count_start(model_dir)
     with open(model_dir / "launches.jsonl", "a") as launches:
-        env_names = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HF_HUB_OFFLINE")
+        env_names = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HF_HUB_OFFLINE", "VLLM_API_KEY")
         entry = {
             "argv": sys.argv,
             "pid": os.getpid(),

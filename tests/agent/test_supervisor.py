@@ -60,7 +60,8 @@ def test_starts_a_replica_reports_ready_and_load(settings, harness):
     (launch,) = launches(model_dir)
     argv = launch["argv"]
     assert argv[argv.index("--port") + 1] == str(spec["port"])
-    assert argv[argv.index("--api-key") + 1] == spec["api_key"]
+    assert "--api-key" not in argv and spec["api_key"] not in " ".join(argv)  # not in /proc
+    assert launch["env"]["VLLM_API_KEY"] == spec["api_key"]
     assert argv[argv.index("--served-model-name") + 1] == "fake-chat"
     assert "--trust-remote-code" not in argv
     assert launch["env"]["HF_HUB_OFFLINE"] == "1"

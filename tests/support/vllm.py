@@ -96,7 +96,6 @@ def running_vllm(
         model_path,
         served_model_name=served_model_name,
         port=port,
-        api_key=api_key,
         task=task,
         max_model_len=max_model_len,
         enforce_eager=enforce_eager,
@@ -107,7 +106,7 @@ def running_vllm(
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command,
-            env=vllm_env(cpu_cores=cpu_cores),
+            env=vllm_env(api_key=api_key, cpu_cores=cpu_cores),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -94,7 +94,6 @@ def build_launch(
         model_path,
         served_model_name=spec["served_model_name"],
         port=spec["port"],
-        api_key=spec["api_key"],
         task=spec["task"],
         max_model_len=spec["max_model_len"],
         host=settings.bind_host,
@@ -109,6 +108,7 @@ def build_launch(
         argv = [*settings.engine_command, *argv[VLLM_MODULE_PREFIX_LEN:]]
     env = vllm_env(
         base_env,
+        api_key=spec["api_key"],
         device="gpu" if on_gpu else "cpu",
         kv_cache_gib=settings.cpu_kv_cache_gib,
     )

