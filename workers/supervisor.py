@@ -70,7 +70,9 @@ class Supervisor:
     def say(self, service: Service | None, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
         name = f"{service.name:<14}" if service else f"{'platform':<14}"
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            # A closed terminal or pipe must not stop the supervisor from stopping
+            # its children.
             print(f"{stamp}  {name} {message}", file=self.out, flush=True)
 
     def _set(self, service: Service, state: str, note: str = "") -> None:
@@ -193,7 +195,8 @@ class Supervisor:
                 self.say(None, f"received {signal.Signals(signum).name}; stopping everything")
             self._stopping.set()
 
-        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, handle) for s in handled}
         try:
             if not self.start_all():
                 if not self._stopping.is_set():

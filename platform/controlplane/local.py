@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             say("waiting for the model replicas (vLLM takes about a minute to start here)")
             if not wait_for_models(demo, say, stop=supervisor.stopping):
                 return
+        supervisor.say(None, "ready")
         print(
             demo.ready_message(
                 console=f"http://{args.host}:{args.port}",

@@ -75,3 +75,20 @@ def test_a_service_that_never_gets_ready_fails_start_up(tmp_path):
     sup.stop_all()
     assert "failed" in out.getvalue() and "boom: bad config" in out.getvalue()
     assert later.process is None  # nothing after a failed service was started
+
+
+class BrokenOutput:
+    def write(self, text):
+        raise BrokenPipeError("the terminal went away")
+
+    def flush(self):
+        raise BrokenPipeError("the terminal went away")
+
+
+def test_a_closed_terminal_does_not_stop_the_stopping(tmp_path):
+    service = http_service("lonely", free_port())
+    sup = Supervisor([service], log_dir=tmp_path, cwd=tmp_path, out=BrokenOutput())
+    assert sup.start_all()
+    pid = service.process.pid
+    sup.stop_all()
+    assert not alive(pid)
