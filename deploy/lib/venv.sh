@@ -26,7 +26,12 @@ ensure_platform_venv() {
     want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "==> installing the platform into .venv${extras:+ (with [$extras])}"
-        .venv/bin/python -m pip install --quiet --progress-bar on -e ".${extras:+[$extras]}"
+        if [ -t 1 ]; then
+            # At a terminal: pip's own progress (what it fetches, with download bars).
+            .venv/bin/python -m pip install --progress-bar on -e ".${extras:+[$extras]}"
+        else
+            .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+        fi
         echo "$want" >"$stamp"
     fi
 }
