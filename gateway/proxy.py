@@ -345,7 +345,7 @@ class Proxy:
                 out = relay.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-                if disconnected.is_set():
+                if disconnected.is_set() and not relay.finished:
                     break
                 if ctx.renew_slot is not None and time.monotonic() - renewed_at > renew_every:
                     renewed_at = time.monotonic()
@@ -381,8 +381,12 @@ class Proxy:
                 self.router.record_success(route["id"])
             ctx.upstream_done_at = time.perf_counter()
             if disconnected.is_set():
-                ctx.status = 499
-                ctx.error = "client_disconnected"
+                if relay.finished:
+                    # It hung up after [DONE]: it got the whole answer, a 200.
+                    self.router.record_success(route["id"])
+                else:
+                    ctx.status = 499
+                    ctx.error = "client_disconnected"
                 return
             await send({"type": "http.response.body", "body": relay.flush(), "more_body": False})
         finally:
@@ -402,7 +406,15 @@ class _SSERelay:
     it when only the gateway asked for it. Complete events go out at once; only a
     partial trailing event waits for its end."""
 
-    __slots__ = ("_collected", "_pending", "collect", "content_events", "strip_usage", "usage")
+    __slots__ = (
+        "_collected",
+        "_pending",
+        "collect",
+        "content_events",
+        "finished",
+        "strip_usage",
+        "usage",
+    )
 
     def __init__(self, strip_usage: bool, collect: bool = False) -> None:
         self.strip_usage = strip_usage
@@ -411,11 +423,14 @@ class _SSERelay:
         self.usage: tuple[int, int] | None = None
         self.content_events = 0
         self._collected: list[bytes] = []
+        self.finished = False  # the upstream's [DONE] went out: the answer is complete
 
     def feed(self, chunk: bytes) -> bytes:
         out = self._feed(chunk)
         if self.collect and out:
             self._collected.append(out)
+        if out.endswith(_DONE_EVENT):
+            self.finished = True
         return out
 
     def _feed(self, chunk: bytes) -> bytes:

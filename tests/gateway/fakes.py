@@ -100,6 +100,8 @@ class FakeUpstream:
     stall_after_chunks: int | None = None
     #: Omit ``usage`` from non-streamed answers.
     omit_usage: bool = False
+    #: Keep a stream's connection open this long after ``[DONE]``.
+    linger_after_done: float = 0.0
     hits: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -110,6 +112,7 @@ class FakeUpstream:
         self.drop_after_chunks = None
         self.stall_after_chunks = None
         self.omit_usage = False
+        self.linger_after_done = 0.0
         self.hits = 0
         self.requests.clear()
 
@@ -258,6 +261,13 @@ class FakeUpstream:
                     "more_body": True,
                 }
             )
+        if self.linger_after_done:
+            await send(
+                {"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True}
+            )
+            await asyncio.sleep(self.linger_after_done)
+            await send({"type": "http.response.body", "body": b""})
+            return
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 

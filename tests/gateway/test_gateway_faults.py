@@ -438,3 +438,23 @@ def test_a_long_stream_keeps_its_concurrency_slot(start_gateway, world, fake_a, 
     assert second.status_code == 429
     assert second.json()["error"]["code"] == "concurrency_limit_exceeded"
     assert post(http, gw, key, "chat-model").status_code == 200  # the slot was freed
+
+
+def test_client_hanging_up_after_done_is_a_complete_answer(gateway, world, fake_a):
+    """A client that closes as soon as it reads [DONE] (as SDKs do) got everything:
+    the request counts as a 200 with its tokens, not as a 499."""
+    fake_a.linger_after_done = 1.0
+    headers = {"Authorization": f"Bearer {world.key}"}
+    body = {"model": "chat-model", "stream": True, **CHAT}
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream(
+            "POST", gateway.url + "/v1/chat/completions", headers=headers, json=body
+        ) as response,
+    ):
+        for line in response.iter_lines():
+            if line == "data: [DONE]":
+                break  # closing the stream here hangs up before the upstream ends
+    events = wait_for(lambda: usage_events(world.redis))
+    assert events[-1]["status"] == 200, events[-1]
+    assert events[-1]["completion_tokens"] > 0
