@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import secrets
-import socket
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.vllm import free_port
 from workers.agent.settings import AgentSettings
 from workers.agent.supervisor import Supervisor
 from workers.protocol import DesiredState, Inventory, ReplicaSpec
@@ -41,12 +41,6 @@ CPU_INVENTORY: Inventory = {
     "cpu_count": 2,
     "memory_total_mib": 16384,
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "condition"):

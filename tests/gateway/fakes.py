@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,17 +22,12 @@ import redis
 import uvicorn
 
 from gateway import contract
+from tests.support.vllm import free_port
 
 PEPPER = b"test-pepper-not-secret"
 
 
 # --------------------------------------------------------------------------- servers
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServerThread:
     """Runs an ASGI app with uvicorn in a thread; ``url`` once started."""
 

@@ -6,7 +6,6 @@ in the ledger exactly once, and a revocation takes effect within a second."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +29,11 @@ from controlplane.tenancy.actors import Actor
 from controlplane.tenancy.services import create_api_key, create_organization, revoke_api_key
 from django.conf import settings
 
+from tests.support.vllm import free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = Actor.system("integration test")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

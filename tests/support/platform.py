@@ -7,23 +7,18 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.vllm import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 READY = "The platform is ready."
 KEY_RE = re.compile(r"API key\s+:\s+(sk-[a-z0-9]{12}\.[A-Za-z0-9_-]+)")
 EXAMPLE_RE = re.compile(r"^\s*(\S+python\S*) - <<'PY'\n(.*?)\nPY$", re.S | re.M)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid: int) -> set[int]:

@@ -5,18 +5,12 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 
+from tests.support.vllm import free_port
 from workers.supervisor import Service, Supervisor, http_ready
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_service(name: str, port: int) -> Service:
