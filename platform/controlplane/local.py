@@ -24,16 +24,55 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _prepare_environment(data_dir: Path) -> None:
+def _make_private(data_dir: Path) -> None:
+    """The data directory holds the database, the embedded Redis AOF (the routing
+    snapshot with replica and upstream keys), logs and secrets: owner only. New files
+    are private through the umask; this also mends what an older start left open."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    for path in data_dir.rglob("*"):
+        if path.is_symlink():
+            continue
+        try:
+            mode = path.stat().st_mode & 0o777
+            private = (mode & 0o700) | (0o700 if path.is_dir() else 0o600)
+            if mode != private:
+                path.chmod(private)
+        except OSError:
+            continue
+
+
+def _private_file(path: Path, content: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+
+
+def _prepare_environment(data_dir: Path) -> None:
+    _make_private(data_dir)
     os.environ["PLATFORM_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
     if not os.environ.get("SECRET_KEY") and not os.environ.get("SECRET_KEY_FILE"):
         key_file = data_dir / "secret_key"
         if not key_file.exists():
-            key_file.write_text(secrets.token_urlsafe(50))
-            key_file.chmod(0o600)
+            _private_file(key_file, secrets.token_urlsafe(50).encode())
         os.environ["SECRET_KEY_FILE"] = str(key_file)
+    if not os.environ.get("AUDIT_SIGNING_KEY") and not os.environ.get("AUDIT_SIGNING_KEY_FILE"):
+        # Signed audit checkpoints are on by default: the key that signs them lives
+        # beside the data, never in the database it vouches for.
+        signing_key = data_dir / "keys" / "audit-signing.pem"
+        if not signing_key.exists():
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _private_file(signing_key, pem)
+        os.environ["AUDIT_SIGNING_KEY_FILE"] = str(signing_key)
 
 
 def _redis_service(data_dir: Path):
@@ -78,11 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", type=Path, default=Path(os.environ.get("PLATFORM_DATA_DIR", ROOT / "data"))
     )
     parser.add_argument(
+        "--new-demo-key",
+        action="store_true",
+        help="Revoke the demo organization's API key and print a new one (audited)",
+    )
+    parser.add_argument(
         "--control-plane-only",
         action="store_true",
         help="Serve only the control plane (REST API, docs, admin); no models, no engine",
     )
     args = parser.parse_args(argv)
+    # Everything this run creates (database, WAL, AOF, logs, keys) is owner-only.
+    os.umask(0o077)
     data_dir = args.data_dir.resolve()
     _prepare_environment(data_dir)
 
@@ -107,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         demo = bootstrap(
             say=say,
             with_models=not args.control_plane_only,
+            new_demo_key=args.new_demo_key,
         )
     except Exception:
         supervisor.stop_all()
@@ -122,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.control_plane_only:
             say("waiting for the model replicas (vLLM takes about a minute to start here)")
             if not wait_for_models(demo, say, stop=supervisor.stopping):
+                if not supervisor.stopping():
+                    supervisor.fail(
+                        None,
+                        "the model replicas did not become ready; see the node-agent log and "
+                        f"the replica logs under {data_dir / 'agent'}",
+                    )
                 return
         supervisor.say(None, "ready")
         print(

@@ -1,4 +1,4 @@
-"""Issue #4 end to end on real processes: a CPU pool with one node agent serves the
+"""End to end on real processes: a CPU pool with one node agent serves the
 tiny chat model and MiniLM through the gateway; the chat deployment scales 1 -> 2
 (traffic reaches both), survives a killed vLLM process, rolls to a new spec without a
 failed request, and scales to 0. Runs the platform on PostgreSQL and Redis."""
@@ -109,7 +109,7 @@ def test_fleet_lifecycle(tmp_path: Path, engine_python, real_services):
 
         admin = admin_session(platform.api.removesuffix("/api/v1"), "admin", "fleet-pass-1")
         nodes = admin.get(f"{platform.api}/fleet/nodes/").json()["results"]
-        assert [n["pool"] for n in nodes] == ["local"]  # the agent registered itself
+        assert [n["pool"] for n in nodes] == ["local"]  # bootstrap registered the local node
         assert nodes[0]["inventory"]["kind"] in ("cpu", "gpu")
 
         def chat_replicas(state="ready"):

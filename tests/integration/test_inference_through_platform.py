@@ -1,4 +1,4 @@
-"""Issue #3 end to end across the planes, on real components: the control plane
+"""End to end across the planes, on real components: the control plane
 publishes a snapshot (keys, models, routes) into Redis, a real gateway process serves
 the official ``openai`` client in front of real vLLM CPU servers, usage events land
 in the ledger exactly once, and a revocation takes effect within a second."""

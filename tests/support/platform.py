@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -107,22 +108,58 @@ class RunningPlatform:
         return left
 
 
+def clean_clone(dest: Path) -> Path:
+    """The repository's files as a fresh clone has them (tracked and new, not ignored:
+    no .venv, no .engine-venv, no data), copied to ``dest``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if not source.is_file():  # deleted in the working tree
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return dest
+
+
+def fresh_machine_env() -> dict[str, str]:
+    """What a new user's shell has: the system Python on PATH and nothing of ours (no
+    virtualenv, no test settings). Package-index settings stay: they say how this
+    machine reaches its registries."""
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    for name, value in os.environ.items():
+        if name in ("HOME", "TMPDIR", "USER", "TERM") or name.startswith("PIP_"):
+            env[name] = value
+    return env
+
+
 def start_platform(
-    data_dir: Path, *, env: dict[str, str] | None = None, args=()
+    data_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args=(),
+    root: Path = ROOT,
+    fresh_machine: bool = False,
 ) -> RunningPlatform:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")
-        and not k.startswith(("PYTEST_", "TEST_"))
-    }
+    if fresh_machine:
+        clean = fresh_machine_env()
+    else:
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")
+            and not k.startswith(("PYTEST_", "TEST_"))
+        }
     clean.update(PLATFORM_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     clean.update(env or {})
     port, gateway_port = free_port(), free_port()
     process = subprocess.Popen(
-        ["bash", str(ROOT / "deploy" / "run-local.sh"), "--port", str(port),
+        ["bash", str(root / "deploy" / "run-local.sh"), "--port", str(port),
          "--gateway-port", str(gateway_port), *args],
-        cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=root, env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     running = RunningPlatform(process, port, gateway_port)
 
