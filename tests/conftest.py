@@ -3,6 +3,7 @@
 alice   owner of org A          victor  viewer of org A
 bob     member of org A         oscar   admin of org B
 root    platform administrator  anonymous: no credentials
+dora    admin of org A and member of org B (the ``dual`` fixture)
 """
 
 from __future__ import annotations
@@ -100,3 +101,14 @@ def clients(world):
         "platform_admin": client_for(world.root),
         "anonymous": client_for(None),
     }
+
+
+@pytest.fixture
+def dual(world, make_user):
+    """dora: admin of org A and member of org B, so a view that forgets to filter by
+    the organization in its URL shows her the other one's rows."""
+    dora = make_user("dora")
+    add_member(actor=SYSTEM, organization=world.org_a, username="dora", role="admin")
+    add_member(actor=SYSTEM, organization=world.org_b, username="dora", role="member")
+    world.dora = dora
+    return dora

@@ -34,12 +34,15 @@ CALLER_ROLE = {
 CALLERS = list(CALLER_ROLE)
 
 
-def database_state() -> str:
-    """A fingerprint of every row the platform owns."""
+def database_state(ignore: tuple[str, ...] = ()) -> str:
+    """A fingerprint of every row the platform owns (but the ``ignore``d columns)."""
     digest = hashlib.sha256()
     for label in ("tenancy", "catalog", "quotas", "audit", "fleet", "auth"):
         for model in apps.get_app_config(label).get_models():
             rows = list(model.objects.order_by("pk").values())
+            for row in rows:
+                for name in ignore:
+                    row.pop(name, None)
             digest.update(json.dumps(rows, default=str, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -329,3 +332,127 @@ def test_foreign_team_id_in_body_is_a_field_error(world, clients):
     assert response.status_code == 400
     assert "team" in response.json()["error"]["fields"]
     assert database_state() == before
+
+
+# --------------------------------------------------------------------------- two orgs
+def _populate(world, org, tag: str) -> None:
+    """One row of every organization resource in ``org``."""
+    from controlplane.catalog.services import grant_model_access
+    from controlplane.fleet.models import Pool, Replica
+    from controlplane.fleet.services import create_deployment, create_pool
+    from controlplane.quotas.models import UsageRecord
+    from django.utils import timezone
+
+    team = create_team(actor=SYSTEM, organization=org, slug=f"team-{tag}", name=tag)
+    add_team_member(actor=SYSTEM, team=team, user=world.dora)
+    create_api_key(actor=SYSTEM, organization=org, name=f"key-{tag}", scopes=["inference"])
+    create_limit_policy(actor=SYSTEM, organization=org, team=team, rpm=5)
+    if not org.model_access.exists():
+        grant_model_access(actor=SYSTEM, organization=org, model=world.model)
+    UsageRecord.objects.create(
+        request_id=f"req-{tag}",
+        organization_id=org.pk,
+        model="tiny-chat",
+        endpoint="chat",
+        status=200,
+        occurred_at=timezone.now(),
+    )
+    pool = Pool.objects.filter(name="gpu").first() or create_pool(actor=SYSTEM, name="gpu")
+    deployment = create_deployment(
+        actor=SYSTEM, organization=org, name=f"chat-{tag}", model="tiny-chat", pool=pool
+    )
+    Replica.objects.create(deployment=deployment, spec_hash=deployment.spec_hash)
+
+
+def _expected_ids(path: str, org) -> set[str]:
+    """The ids the database holds for ``org``, read without the API's code."""
+    from controlplane.catalog.models import OrganizationModelAccess
+    from controlplane.fleet.models import Deployment, Replica
+    from controlplane.quotas.models import LimitPolicy, UsageRecord
+    from controlplane.tenancy.models import ApiKey, Team, TeamMembership
+
+    queries = {
+        "teams/": Team.objects.filter(organization=org).values_list("pk", flat=True),
+        "team-members/": TeamMembership.objects.filter(team__organization=org).values_list(
+            "pk", flat=True
+        ),
+        "members/": Membership.objects.filter(organization=org).values_list("pk", flat=True),
+        "keys/": ApiKey.objects.filter(organization=org).values_list("pk", flat=True),
+        "model-access/": OrganizationModelAccess.objects.filter(organization=org).values_list(
+            "pk", flat=True
+        ),
+        "limits/": LimitPolicy.objects.filter(organization=org).values_list("pk", flat=True),
+        "usage/": UsageRecord.objects.filter(organization_id=org.pk).values_list(
+            "request_id", flat=True
+        ),
+        "audit-events/": AuditEvent.objects.filter(organization_id=org.pk).values_list(
+            "seq", flat=True
+        ),
+        "deployments/": Deployment.objects.filter(organization=org).values_list("pk", flat=True),
+        "replicas/": Replica.objects.filter(deployment__organization=org).values_list(
+            "pk", flat=True
+        ),
+    }
+    return {str(value) for value in queries[path]}
+
+
+ID_FIELD = {"usage/": "request_id", "audit-events/": "seq"}
+LISTS = [
+    "teams/",
+    "team-members/",
+    "members/",
+    "keys/",
+    "model-access/",
+    "limits/",
+    "usage/",
+    "audit-events/",
+    "deployments/",
+    "replicas/",
+]
+
+
+@pytest.fixture
+def two_orgs(world, dual, monkeypatch):
+    from controlplane.catalog.models import ModelVersion
+    from controlplane.fleet import services as fleet_services
+
+    monkeypatch.setattr(fleet_services, "request_reconcile", lambda: None)
+    version = ModelVersion.objects.get(model=world.model)
+    version.parameter_count = 1_000_000_000
+    version.dtype = "bfloat16"
+    version.save()
+    _populate(world, world.org_a, "a")
+    _populate(world, world.org_b, "b")
+    from tests.conftest import client_for
+
+    return client_for(dual)
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize("slug", ["org-a", "org-b"])
+def test_list_holds_exactly_the_organizations_rows(world, two_orgs, path, slug):
+    """dora belongs to both organizations: each list shows the one in the URL, all of
+    its rows and none of the other's."""
+    org = world.org_a if slug == "org-a" else world.org_b
+    role = "admin" if slug == "org-a" else "member"
+    response = two_orgs.get(f"/api/v1/organizations/{slug}/{path}?page_size=500")
+    if path == "audit-events/" and role == "member":
+        assert response.status_code == 403
+        return
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["next"] is None
+    got = {str(row[ID_FIELD.get(path, "id")]) for row in body["results"]}
+    expected = _expected_ids(path, org)
+    other = _expected_ids(path, world.org_b if org == world.org_a else world.org_a)
+    assert expected and other, f"the fixture left {path} empty in an organization"
+    assert got == expected
+
+
+def test_organization_list_of_a_member_of_two(world, two_orgs):
+    response = two_orgs.get("/api/v1/organizations/")
+    got = {(o["slug"], o["role"]) for o in response.json()["results"]}
+    assert got == {("org-a", "admin"), ("org-b", "member")}
+    assert {o for o, _ in got} == set(
+        Membership.objects.filter(user=world.dora).values_list("organization__slug", flat=True)
+    )

@@ -56,8 +56,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.PermissionDenied("This API key lacks the 'manage' scope.")
         if key.user_id is not None and not key.user.is_active:
             raise exceptions.AuthenticationFailed("The owner of this API key is deactivated.")
+        actor = Actor.for_key(key)
+        if not actor.roles:
+            # Its user (or, for a service key, its maker) has left the organization.
+            raise exceptions.AuthenticationFailed(
+                "This API key no longer acts for anyone in its organization."
+            )
         touch_last_used(key)
-        request.actor = Actor.for_key(key)
+        request.actor = actor
         return (key.user if key.user_id else KeyPrincipal(key), key)
 
     def authenticate_header(self, request):

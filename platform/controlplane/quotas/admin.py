@@ -1,24 +1,37 @@
+"""Quotas admin: limit policies change through ``quotas.services``; usage is read-only."""
+
 from django.contrib import admin
 
-from controlplane.audit.admin_base import AuditedModelAdmin
-from controlplane.quotas.models import LimitPolicy, UsageRecord
+from controlplane.audit.admin_base import ServiceModelAdmin
+from controlplane.quotas import services
+from controlplane.quotas.models import LIMIT_FIELDS, LimitPolicy, UsageRecord
 
 
 @admin.register(LimitPolicy)
-class LimitPolicyAdmin(AuditedModelAdmin):
+class LimitPolicyAdmin(ServiceModelAdmin):
     list_display = ["__str__", "rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens"]
+    fields = ["organization", "team", "api_key", *LIMIT_FIELDS]
+    create_only_fields = ("organization", "team", "api_key")
+
+    def create_object(self, actor, data):
+        return services.create_limit_policy(
+            actor=actor,
+            organization=data["organization"],
+            team=data.get("team"),
+            api_key=data.get("api_key"),
+            **{name: data.get(name) for name in LIMIT_FIELDS},
+        )
+
+    def update_object(self, actor, obj, changes):
+        services.update_limit_policy(actor=actor, policy=obj, **changes)
+
+    def delete_object(self, actor, obj):
+        services.delete_limit_policy(actor=actor, policy=obj)
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ServiceModelAdmin):
+    """The usage ledger is written by the gateway's usage stream only."""
+
     list_display = ["request_id", "occurred_at", "model", "status", "prompt_tokens"]
     list_filter = ["model", "status"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -9,6 +9,7 @@ from controlplane.audit.services import apply_changes, diff, field_values, recor
 from controlplane.quotas.models import LIMIT_FIELDS, LimitPolicy
 from controlplane.snapshot import publish_on_commit
 from controlplane.tenancy.actors import Actor
+from controlplane.tenancy.keyrules import check_key_holder
 from controlplane.tenancy.models import ApiKey, Organization, Team
 from controlplane.tenancy.permissions import require
 
@@ -68,9 +69,16 @@ def create_limit_policy(
     return policy
 
 
+def _require_key_holder(actor: Actor, policy: LimitPolicy) -> None:
+    """A key's own limits are loosened only by someone who could have made that key."""
+    if policy.api_key_id is not None:
+        check_key_holder(actor, policy.organization, policy.api_key.user)
+
+
 @transaction.atomic
 def update_limit_policy(*, actor: Actor, policy: LimitPolicy, **limits) -> LimitPolicy:
     require(actor, "limits.change", policy.organization)
+    _require_key_holder(actor, policy)
     _check_values(limits)
     changes = apply_changes(policy, limits, LIMIT_FIELDS)
     if changes:
@@ -88,6 +96,7 @@ def update_limit_policy(*, actor: Actor, policy: LimitPolicy, **limits) -> Limit
 @transaction.atomic
 def delete_limit_policy(*, actor: Actor, policy: LimitPolicy) -> None:
     require(actor, "limits.change", policy.organization)
+    _require_key_holder(actor, policy)
     record_event(
         actor=actor,
         action="limits.delete",

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.tenancy.roles import Role, role_allows
+from controlplane.tenancy.roles import RANK, Role, role_allows
 
 
 @dataclass
@@ -27,20 +27,38 @@ class Actor:
 
     @classmethod
     def for_key(cls, key) -> Actor:
-        """A key acts inside its own organization only: with its user's current role
-        there, or as an admin for a service key that belongs to no user."""
+        """A key acts inside its own organization only, never above its maker: with its
+        user's current role there (none once the user is deactivated or has left), or,
+        for a service key that belongs to no user, as an admin at most and no higher
+        than whoever created it stands there now."""
         from controlplane.tenancy.models import Membership
 
-        if key.user_id is None:
-            role: str | None = Role.ADMIN
-        else:
-            role = (
-                Membership.objects.filter(user_id=key.user_id, organization_id=key.organization_id)
+        def current_role(user_id) -> str | None:
+            return (
+                Membership.objects.filter(user_id=user_id, organization_id=key.organization_id)
                 .values_list("role", flat=True)
                 .first()
             )
+
+        role: str | None
+        if key.user_id is not None:
+            role = current_role(key.user_id) if key.user.is_active else None
+        else:
+            role = Role.ADMIN
+            creator = key.created_by
+            if creator is not None and not (creator.is_active and creator.is_superuser):
+                made_by = current_role(creator.pk) if creator.is_active else None
+                if made_by is None:
+                    role = None
+                elif RANK[Role(made_by)] < RANK[Role.ADMIN]:
+                    role = made_by
         roles = {key.organization_id: role} if role else {}
         return cls(user=key.user if key.user_id else None, api_key=key, roles=roles)
+
+    @property
+    def is_service_key(self) -> bool:
+        """A key that belongs to no user (automation)."""
+        return self.api_key is not None and self.api_key.user_id is None
 
     @classmethod
     def system(cls, label: str = "system") -> Actor:

@@ -106,9 +106,11 @@ class ApiKey(models.Model):
     team = models.ForeignKey(
         Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="keys"
     )
+    # PROTECT: a key must never outlive its user by turning into a service key (no
+    # user), which acts as an administrator. Users are deactivated, not deleted.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         null=True,
         blank=True,
         related_name="api_keys",
@@ -124,6 +126,15 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    # Who last set the key's restrictions (scopes, models, expiry, team). A member may
+    # widen them again only when they set them themselves; see tenancy.keyrules.
+    restricted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
         null=True,

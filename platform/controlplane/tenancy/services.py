@@ -14,8 +14,15 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from controlplane.audit.services import apply_changes, diff, field_values, record_event
+from controlplane.audit.services import (
+    apply_changes,
+    diff,
+    field_values,
+    record_event,
+    reject_unknown_fields,
+)
 from controlplane.snapshot import publish_on_commit
+from controlplane.tenancy import keyrules
 from controlplane.tenancy.actors import Actor
 from controlplane.tenancy.models import ApiKey, Membership, Organization, Team, TeamMembership
 from controlplane.tenancy.permissions import require
@@ -119,7 +126,10 @@ def update_team(*, actor: Actor, team: Team, **fields) -> Team:
 
 @transaction.atomic
 def delete_team(*, actor: Actor, team: Team) -> None:
+    """Keys charged to the team are revoked: they would otherwise lose its limits."""
     require(actor, "team.change", team.organization)
+    for key in ApiKey.objects.filter(team=team, revoked_at=None):
+        _revoke(actor=actor, key=key, reason="team deleted")
     record_event(
         actor=actor,
         action="team.delete",
@@ -133,7 +143,10 @@ def delete_team(*, actor: Actor, team: Team) -> None:
 
 # --------------------------------------------------------------------------- members
 def _check_role_grant(actor: Actor, organization: Organization, *roles: str) -> None:
-    """Only owners (and platform admins) hand out or take away the owner role."""
+    """Only owners (and platform admins) hand out or take away the owner role; a
+    service key (no user behind it) changes no one's membership or role."""
+    if actor.is_service_key:
+        raise PermissionDenied("a service key cannot change members or roles")
     if Role.OWNER in roles and actor.role_in(organization.pk) != Role.OWNER:
         raise PermissionDenied("only an owner may grant or change the owner role")
 
@@ -166,6 +179,7 @@ def add_member(
     *, actor: Actor, organization: Organization, username: str, email: str = "", role: str
 ) -> Membership:
     require(actor, "member.change", organization)
+    _check_role_grant(actor, organization)
     if role not in Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}."})
     _check_role_grant(actor, organization, role)
@@ -188,6 +202,7 @@ def add_member(
 def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     organization = membership.organization
     require(actor, "member.change", organization)
+    _check_role_grant(actor, organization)
     if role not in Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}."})
     _check_role_grant(actor, organization, role, membership.role)
@@ -214,14 +229,15 @@ def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Me
 
 @transaction.atomic
 def remove_member(*, actor: Actor, membership: Membership) -> None:
-    """Remove someone from an organization: their teams there and their keys go too."""
+    """Remove someone from an organization: their teams there go, and so do their keys
+    there and the service keys they created there (each revocation audited)."""
     organization = membership.organization
     require(actor, "member.change", organization)
     _check_role_grant(actor, organization, membership.role)
     if membership.role == Role.OWNER and _remaining_owners(organization, membership) == 0:
         raise ValidationError({"role": "An organization must keep at least one owner."})
     user = membership.user
-    for key in ApiKey.objects.filter(organization=organization, user=user, revoked_at=None):
+    for key in _keys_made_or_held_by(user).filter(organization=organization):
         _revoke(actor=actor, key=key, reason="member removed")
     TeamMembership.objects.filter(team__organization=organization, user=user).delete()
     record_event(
@@ -256,8 +272,11 @@ def add_team_member(*, actor: Actor, team: Team, user) -> TeamMembership:
 
 @transaction.atomic
 def remove_team_member(*, actor: Actor, team_membership: TeamMembership) -> None:
+    """The user's keys charged to the team are revoked with it."""
     team = team_membership.team
     require(actor, "team.change", team.organization)
+    for key in ApiKey.objects.filter(team=team, user=team_membership.user, revoked_at=None):
+        _revoke(actor=actor, key=key, reason="removed from team")
     record_event(
         actor=actor,
         action="team.remove_member",
@@ -266,6 +285,7 @@ def remove_team_member(*, actor: Actor, team_membership: TeamMembership) -> None
         changes={"member": [team_membership.user.get_username(), None]},
     )
     team_membership.delete()
+    publish_on_commit()
 
 
 # --------------------------------------------------------------------------- API keys
@@ -300,10 +320,11 @@ def create_api_key(
     allowed_models: list[str] | None = None,
     expires_at: dt.datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key; return it with its full secret, which is never available again."""
+    """Create a key; return it with its full secret, which is never available again.
+
+    No key is stronger than its maker: see ``controlplane.tenancy.keyrules``."""
     require(actor, "apikey.create", organization)
-    is_manager = actor.can("apikey.manage", organization.pk)
-    if not is_manager:
+    if not actor.can("apikey.manage", organization.pk):
         # Members create keys for themselves, in their own teams only.
         if actor.user is None:
             raise PermissionDenied("this key may not create keys")
@@ -319,10 +340,15 @@ def create_api_key(
         and not Membership.objects.filter(user=user, organization=organization).exists()
     ):
         raise ValidationError({"user": "Not a member of this organization."})
+    keyrules.check_key_holder(actor, organization, user)
     allowed_models = list(allowed_models or [])
     _validate_key_fields(
         organization, scopes=scopes, allowed_models=allowed_models, expires_at=expires_at
     )
+    keyrules.check_within_creator(
+        actor, scopes=scopes, allowed_models=allowed_models, expires_at=expires_at, team=team
+    )
+    keyrules.check_team_holder(user, team)
     for _attempt in range(3):
         full_key, prefix, secret = generate_api_key()
         if not ApiKey.objects.filter(prefix=prefix).exists():
@@ -340,6 +366,7 @@ def create_api_key(
         allowed_models=allowed_models,
         expires_at=expires_at,
         created_by=actor.user,
+        restricted_by=actor.user,
     )
     key.full_clean()
     key.save()
@@ -350,8 +377,40 @@ def create_api_key(
         organization_id=organization.pk,
         changes=diff({}, field_values(key)),
     )
+    if actor.api_key is not None:
+        _inherit_key_limits(actor=actor, source=actor.api_key, key=key)
     publish_on_commit()
     return key, full_key
+
+
+def _inherit_key_limits(*, actor: Actor, source: ApiKey, key: ApiKey) -> None:
+    """A key made through a key with its own limits gets the same limits."""
+    from controlplane.quotas.models import LIMIT_FIELDS, LimitPolicy
+
+    policy = LimitPolicy.objects.filter(api_key=source).first()
+    if policy is None:
+        return
+    copy = LimitPolicy.objects.create(
+        organization_id=key.organization_id,
+        api_key=key,
+        **{name: getattr(policy, name) for name in LIMIT_FIELDS},
+    )
+    record_event(
+        actor=actor,
+        action="limits.create",
+        target=copy,
+        organization_id=key.organization_id,
+        changes=diff({}, field_values(copy)) | {"inherited_from": [None, source.display_prefix]},
+    )
+
+
+def _keys_made_or_held_by(user):
+    """Live keys that act for ``user``, and the service keys ``user`` created."""
+    from django.db.models import Q
+
+    return ApiKey.objects.filter(
+        Q(user=user) | Q(user=None, created_by=user), revoked_at=None
+    ).select_related("organization")
 
 
 def _require_key_control(actor: Actor, key: ApiKey) -> None:
@@ -397,7 +456,15 @@ def update_api_key(*, actor: Actor, key: ApiKey, **fields) -> ApiKey:
             allowed_models=fields.get("allowed_models", []),
             expires_at=fields.get("expires_at"),
         )
+    widened = keyrules.widened_fields(key, fields)
+    if widened:
+        keyrules.check_may_widen(actor, key, fields)
     changes = apply_changes(key, fields, {"name", "allowed_models", "expires_at"})
+    by_someone_else = actor.user is None or actor.user.pk != key.user_id
+    if ({"allowed_models", "expires_at"} & set(changes)) and (widened or by_someone_else):
+        # Whoever set these restrictions decides who may loosen them again.
+        key.restricted_by = actor.user
+        key.save(update_fields=["restricted_by"])
     if changes:
         record_event(
             actor=actor,
@@ -438,3 +505,139 @@ def ensure_platform_admin(*, actor: Actor, username: str, email: str, password: 
         changes={"username": [None, username], "is_superuser": [None, True]},
     )
     return user, True
+
+
+USER_FIELDS = {
+    "username",
+    "email",
+    "first_name",
+    "last_name",
+    "is_active",
+    "is_staff",
+    "is_superuser",
+}
+
+
+def _other_platform_admins(user) -> bool:
+    return User.objects.filter(is_superuser=True, is_active=True).exclude(pk=user.pk).exists()
+
+
+@transaction.atomic
+def create_user(
+    *,
+    actor: Actor,
+    username: str,
+    email: str = "",
+    password: str | None = None,
+    **fields,
+):
+    """Create an account (platform administrators only). Without a password the account
+    cannot sign in until one is set."""
+    require(actor, "user.change")
+    reject_unknown_fields(fields, USER_FIELDS - {"username", "email"})
+    if User.objects.filter(username=username).exists():
+        raise ValidationError({"username": f"A user named {username!r} already exists."})
+    user = User(username=username, email=email, **fields)
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    user.full_clean(exclude=["password"])
+    user.save()
+    record_event(
+        actor=actor,
+        action="user.create",
+        target=user,
+        target_type="user",
+        target_repr=username,
+        changes=diff({}, field_values(user, USER_FIELDS)),
+    )
+    return user
+
+
+@transaction.atomic
+def update_user(*, actor: Actor, user, **fields):
+    """Change an account (platform administrators only). Granting or taking away the
+    platform administrator or staff flags is audited like any change; turning
+    ``is_active`` off goes through ``deactivate_user`` (their keys are revoked)."""
+    require(actor, "user.change")
+    reject_unknown_fields(fields, USER_FIELDS, "This field cannot be changed.")
+    if fields.get("is_active") is False and user.is_active:
+        fields.pop("is_active")
+        deactivate_user(actor=actor, user=user)
+    if (
+        (fields.get("is_superuser") is False)
+        and user.is_superuser
+        and user.is_active
+        and not _other_platform_admins(user)
+    ):
+        raise ValidationError(
+            {"is_superuser": "The platform must keep at least one active administrator."}
+        )
+    before = field_values(user, fields.keys())
+    for name, value in fields.items():
+        setattr(user, name, value)
+    user.full_clean(exclude=["password"])
+    user.save()
+    changes = diff(before, field_values(user, fields.keys()))
+    if changes:
+        record_event(
+            actor=actor,
+            action="user.update",
+            target=user,
+            target_type="user",
+            target_repr=user.get_username(),
+            changes=changes,
+        )
+    return user
+
+
+@transaction.atomic
+def set_user_password(*, actor: Actor, user, password: str | None) -> None:
+    """Set (or, with ``None``, disable) a user's password; the log says that it changed."""
+    require(actor, "user.change")
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    user.save(update_fields=["password"])
+    record_event(
+        actor=actor,
+        action="user.set_password",
+        target=user,
+        target_type="user",
+        target_repr=user.get_username(),
+        changes={"password": [None, "set" if password else "disabled"]},
+    )
+
+
+@transaction.atomic
+def deactivate_user(*, actor: Actor, user) -> list[ApiKey]:
+    """Switch an account off: it can no longer sign in, and every key that acts for it
+    (and every service key it created) is revoked, each revocation audited; the
+    gateway snapshot drops them on commit. Returns the revoked keys."""
+    require(actor, "user.change")
+    if user.is_superuser and user.is_active and not _other_platform_admins(user):
+        raise ValidationError(
+            {"is_active": "The platform must keep at least one active administrator."}
+        )
+    was_active = user.is_active
+    revoked = list(_keys_made_or_held_by(user))
+    for key in revoked:
+        _revoke(actor=actor, key=key, reason="user deactivated")
+    if was_active:
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    record_event(
+        actor=actor,
+        action="user.deactivate",
+        target=user,
+        target_type="user",
+        target_repr=user.get_username(),
+        changes={
+            "is_active": [was_active, False],
+            "revoked_keys": [None, [key.display_prefix for key in revoked]],
+        },
+    )
+    publish_on_commit()
+    return revoked

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import django_filters
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -9,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api.base import ActorMixin, OrganizationScopedViewSet
+from controlplane.api.filters import UtcDateTimeFilter
 from controlplane.tenancy import services
 from controlplane.tenancy.api import serializers as s
 from controlplane.tenancy.models import ApiKey, Membership, Organization, Team, TeamMembership
@@ -180,6 +182,15 @@ class MemberViewSet(
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class ApiKeyFilter(django_filters.FilterSet):
+    # Sent to the database in UTC: an offset PostgreSQL refuses is a 400, not a 500.
+    revoked_at = UtcDateTimeFilter(field_name="revoked_at")
+
+    class Meta:
+        model = ApiKey
+        fields = ["team", "revoked_at"]
+
+
 class ApiKeyViewSet(
     OrganizationScopedViewSet,
     mixins.ListModelMixin,
@@ -191,7 +202,7 @@ class ApiKeyViewSet(
     view_action = "apikey.view"
     change_action = "apikey.create"
     serializer_class = s.ApiKeySerializer
-    filterset_fields = ["team", "revoked_at"]
+    filterset_class = ApiKeyFilter
     ordering_fields = ["created_at", "name", "last_used_at"]
 
     def get_queryset(self):
