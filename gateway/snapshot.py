@@ -4,7 +4,9 @@ The control plane writes the whole snapshot to ``contract.SNAPSHOT_KEY`` and pub
 its version on ``contract.SNAPSHOT_CHANNEL``. Each gateway process loads it at start-up,
 reloads it on every notice, and polls cheaply (the version only) as a safety net for a
 missed message. A snapshot is applied only if its version is newer than the current one,
-and if Redis is unreachable the last snapshot stays in force.
+or if it belongs to another epoch (the publisher starts one when it finds Redis ahead of
+its database, e.g. after a restore: versions then start lower). If Redis is unreachable
+the last snapshot stays in force.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger("gateway.snapshot")
 # a string value. Publishers write ``schema``/``version`` first (insertion order) or last
 # (sorted keys), so the head or tail of the document holds it.
 _VERSION_RE = re.compile(rb'(?<!\\)"version"\s*:\s*(\d+)')
+_EPOCH_RE = re.compile(rb'(?<!\\)"epoch"\s*:\s*"([^"\\]*)"')
 _PEEK_BYTES = 160
 
 
@@ -36,6 +39,7 @@ class CompiledSnapshot:
     __slots__ = (
         "_allowed_cache",
         "data",
+        "epoch",
         "keys",
         "loaded_at",
         "models",
@@ -47,6 +51,7 @@ class CompiledSnapshot:
     def __init__(self, data: contract.Snapshot, loaded_at: float | None = None) -> None:
         self.data = data
         self.version: int = int(data.get("version", 0))
+        self.epoch: str = data.get("epoch") or ""
         self.keys: dict[str, contract.KeyEntry] = data.get("keys") or {}
         self.orgs: dict[str, contract.OrgEntry] = data.get("orgs") or {}
         self.teams: dict[str, contract.TeamEntry] = data.get("teams") or {}
@@ -77,6 +82,8 @@ def parse_snapshot(raw: bytes | str) -> CompiledSnapshot:
         raise ValueError(f"unsupported snapshot schema {schema!r}")
     if not isinstance(data.get("version"), int):
         raise ValueError("snapshot has no integer version")
+    if not isinstance(data.get("epoch", ""), str):
+        raise ValueError("snapshot epoch is not a string")
     return CompiledSnapshot(data)  # type: ignore[arg-type]
 
 
@@ -89,8 +96,19 @@ def peek_version(head: bytes | None, tail: bytes | None) -> int | None:
     return None
 
 
+def peek_epoch(head: bytes | None, tail: bytes | None) -> str | None:
+    """The epoch, when the head or tail of the document shows it (None: not seen)."""
+    for part in (head, tail):
+        if part:
+            match = _EPOCH_RE.search(part)
+            if match:
+                return match.group(1).decode(errors="replace")
+    return None
+
+
 class SnapshotHolder:
-    """Holds the current snapshot; ``apply`` only ever moves the version forward."""
+    """Holds the current snapshot; ``apply`` only ever moves the version forward,
+    except into another epoch."""
 
     def __init__(self) -> None:
         self.current = CompiledSnapshot(contract.empty_snapshot(), loaded_at=0.0)
@@ -98,8 +116,17 @@ class SnapshotHolder:
         self.listeners: list[Callable[[CompiledSnapshot], None]] = []
 
     def apply(self, snapshot: CompiledSnapshot) -> bool:
-        if self.loaded and snapshot.version <= self.current.version:
+        new_epoch = snapshot.epoch != self.current.epoch
+        if self.loaded and not new_epoch and snapshot.version <= self.current.version:
             return False
+        if self.loaded and new_epoch:
+            log.warning(
+                "snapshot epoch changed from %r to %r (version %d -> %d)",
+                self.current.epoch,
+                snapshot.epoch,
+                self.current.version,
+                snapshot.version,
+            )
         self.current = snapshot
         self.loaded = True
         for listener in self.listeners:
@@ -184,7 +211,13 @@ class SnapshotWatcher:
                     pipe.getrange(contract.SNAPSHOT_KEY, -_PEEK_BYTES, -1)
                     head, tail = await pipe.execute()
                 version = peek_version(head, tail)
-                if version is None or version > self.holder.current.version:
+                epoch = peek_epoch(head, tail)
+                current = self.holder.current
+                if (
+                    version is None
+                    or version > current.version
+                    or (epoch is not None and epoch != current.epoch)
+                ):
                     await self.reload()
             except asyncio.CancelledError:
                 raise
@@ -206,7 +239,8 @@ class SnapshotWatcher:
                         announced = int(message["data"])
                     except (TypeError, ValueError):
                         announced = None
-                    if announced is None or announced > self.holder.current.version:
+                    # Not only newer: a new epoch announces a lower version.
+                    if announced is None or announced != self.holder.current.version:
                         await self.reload()
             except asyncio.CancelledError:
                 raise

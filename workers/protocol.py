@@ -12,10 +12,18 @@ the agent holds broker credentials only, never database ones.
   start, on every heartbeat (``HEARTBEAT_SECONDS``) and whenever a replica changes
   state. A report is the node's whole actual state, so a lost report is repaired by
   the next one.
+- Every report is signed by its node: HMAC-SHA256, keyed with the node's own secret
+  (issued when an administrator registers the node), over ``canonical_report()``
+  (every field but ``signature``, ``signed_by`` included). The control plane refuses a
+  report whose signature does not verify, that names another node than its signer, that
+  comes from an unknown node or that reports another address than the registered one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from typing import Literal, NotRequired, TypedDict
 
 PROTOCOL_VERSION = 1
@@ -26,6 +34,10 @@ TASK_NODE_REPORT = "fleet.node_report"
 HEARTBEAT_SECONDS = 10
 #: A node that has not reported for this long is lost; its replicas are re-placed.
 NODE_LOST_AFTER_SECONDS = 45
+
+
+#: The only signature scheme; a report naming another one is refused.
+SIGNATURE_ALGORITHM = "hmac-sha256"
 
 
 def agent_queue(node_name: str) -> str:
@@ -109,3 +121,35 @@ class NodeReport(TypedDict):
     replicas: list[ReplicaReport]
     sent_at: float  # unix time
     agent_version: NotRequired[str]
+    signed_by: NotRequired[str]  # the node whose secret keyed the signature
+    signature: NotRequired[str]  # "hmac-sha256:<hex>" over canonical_report()
+
+
+def canonical_report(report: dict) -> bytes:
+    """The bytes a report's signature covers: the report without ``signature`` as
+    compact JSON with sorted keys. Both sides compute it from the decoded JSON, so
+    whatever survives a JSON round trip verifies (the agent signs the round-tripped
+    report)."""
+    body = {key: value for key, value in report.items() if key != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def report_signature(report: dict, secret: str) -> str:
+    digest = hmac.new(secret.encode(), canonical_report(report), hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_ALGORITHM}:{digest}"
+
+
+def sign_report(report: NodeReport, secret: str) -> NodeReport:
+    """The report, normalised by a JSON round trip, with ``signed_by`` and ``signature``."""
+    signed = json.loads(json.dumps(report))
+    signed["signed_by"] = report["node"]
+    signed["signature"] = report_signature(signed, secret)
+    return signed
+
+
+def signature_valid(report: dict, secret: str) -> bool:
+    """Whether ``report['signature']`` was made with ``secret`` (constant-time)."""
+    claimed = report.get("signature")
+    if not isinstance(claimed, str) or not secret:
+        return False
+    return hmac.compare_digest(claimed.encode(), report_signature(report, secret).encode())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 
 from tests.support.vllm import free_port
 from workers.agent.settings import AgentSettings
@@ -252,3 +253,12 @@ def broker(broker_url: str) -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def control_plane(broker_url: str) -> Iterator[Celery]:
+    """Sends desired states as the reconciler does (the broker's admin user)."""
+    app = Celery("test-control-plane", broker=broker_url, set_as_current=False)
+    app.conf.broker_connection_retry_on_startup = True
+    yield app
+    app.close()

@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
 
 from tests.agent.conftest import (
     FAKE_ENGINE,
@@ -31,12 +30,16 @@ from tests.agent.conftest import (
 )
 from workers import protocol
 
+NODE_SECRET = "node1-secret-for-tests"
+
 
 class FleetQueue:
-    """Reads NodeReports the way the control plane's Celery worker would receive them."""
+    """Reads NodeReports the way the control plane's Celery worker would receive them;
+    every one must carry a valid signature by `secret`."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, secret: str = NODE_SECRET):
         self.client = client
+        self.secret = secret
 
     def next_report(
         self, predicate: Callable[[dict], bool] = lambda r: True, timeout: float = 30
@@ -54,6 +57,8 @@ class FleetQueue:
             args, kwargs, _embed = json.loads(body)
             assert kwargs == {}
             (report,) = args
+            assert report["signed_by"] == report["node"]
+            assert protocol.signature_valid(report, self.secret), "badly signed report"
             if predicate(report):
                 return report
         raise AssertionError(f"no matching node report within {timeout} s")
@@ -61,14 +66,6 @@ class FleetQueue:
 
 def replica_in(report: dict, replica_id: str) -> dict | None:
     return next((r for r in report["replicas"] if r["id"] == replica_id), None)
-
-
-@pytest.fixture
-def control_plane(broker_url: str) -> Iterator[Celery]:
-    app = Celery("test-control-plane", broker=broker_url, set_as_current=False)
-    app.conf.broker_connection_retry_on_startup = True
-    yield app
-    app.close()
 
 
 class AgentProcess:
@@ -100,6 +97,7 @@ def agent_env(tmp_path: Path, broker_url: str) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"],
         "AGENT_BROKER_URL": broker_url,
+        "AGENT_NODE_SECRET": NODE_SECRET,
         "AGENT_NODE_NAME": NODE,
         "AGENT_POOL": "cpu-pool",
         "AGENT_LABELS": "zone=test",

@@ -12,7 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.agent.conftest import CPU_INVENTORY, REPO, make_model, make_spec, with_settings
+from tests.agent.conftest import (
+    CPU_INVENTORY,
+    REPO,
+    make_model,
+    make_settings,
+    make_spec,
+    with_settings,
+)
 from workers.agent import inventory as inventory_module
 from workers.agent.engine import SpecError, build_launch, engine_flags
 from workers.agent.metrics import MetricsParseError, parse_load
@@ -27,6 +34,7 @@ from workers.engine import paths
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         "AGENT_BROKER_URL": "redis://:s3cret@redis.internal:6379/0",
+        "AGENT_NODE_SECRET": "node-s3cret",
         "AGENT_ENGINE_COMMAND": f"{sys.executable} fake.py",
         "AGENT_STATE_DIR": str(tmp_path / "state"),
         **extra,
@@ -45,6 +53,7 @@ def test_settings_from_env_with_defaults(tmp_path):
     assert settings.stop_replicas_on_exit is False
     assert (tmp_path / "state").is_dir()
     assert "s3cret" not in repr(settings)
+    assert settings.node_secret == "node-s3cret"
     assert settings.redacted_broker_url == "redis://:***@redis.internal:6379/0"
 
 
@@ -88,6 +97,18 @@ def test_broker_url_from_file_and_unix_socket(tmp_path):
     assert AgentSettings.from_env(env).broker_url == "redis://127.0.0.1:6379/4"
 
 
+def test_node_secret_from_file_and_required(tmp_path):
+    secret = tmp_path / "node.secret"
+    secret.write_text("from-a-file\n")
+    env = env_for(tmp_path, AGENT_NODE_SECRET_FILE=str(secret))
+    del env["AGENT_NODE_SECRET"]
+    assert AgentSettings.from_env(env).node_secret == "from-a-file"
+    del env["AGENT_NODE_SECRET_FILE"]
+    with pytest.raises(SettingsError) as caught:
+        AgentSettings.from_env(env)
+    assert "AGENT_NODE_SECRET" in str(caught.value) and "register_node" in str(caught.value)
+
+
 def test_bad_settings_are_all_reported_at_once(tmp_path):
     env = env_for(
         tmp_path,
@@ -98,6 +119,7 @@ def test_bad_settings_are_all_reported_at_once(tmp_path):
         AGENT_STOP_REPLICAS_ON_EXIT="maybe",
         AGENT_BROKER_URL="amqp://guest:pw@rabbit//",
     )
+    del env["AGENT_NODE_SECRET"]
     with pytest.raises(SettingsError) as caught:
         AgentSettings.from_env(env)
     message = str(caught.value)
@@ -108,10 +130,11 @@ def test_bad_settings_are_all_reported_at_once(tmp_path):
         "AGENT_LABELS",
         "AGENT_STOP_REPLICAS_ON_EXIT",
         "AGENT_BROKER_URL",
+        "AGENT_NODE_SECRET",
     ):
         assert name in message
     assert "pw" not in message  # the broker password is never printed
-    assert len(caught.value.problems) == 6
+    assert len(caught.value.problems) == 7
 
 
 def test_missing_broker_and_engine_are_reported(tmp_path):
@@ -465,3 +488,82 @@ def test_the_agent_imports_neither_django_nor_the_control_plane():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# -- signed reports --------------------------------------------------------------------------
+
+
+def test_reports_are_signed_with_the_node_secret(tmp_path):
+    from workers import protocol
+    from workers.agent.reporter import Reporter
+
+    settings = make_settings(tmp_path, node_secret="the-node-secret")
+    reporter = Reporter(
+        settings,
+        snapshot=lambda: (3, []),
+        inventory=lambda: CPU_INVENTORY,
+        send=lambda report: None,
+    )
+    report = reporter.build_report()
+    assert report["signed_by"] == settings.node_name == report["node"]
+    assert protocol.signature_valid(report, "the-node-secret")
+    assert protocol.signature_valid(json.loads(json.dumps(report)), "the-node-secret")
+    assert not protocol.signature_valid(report, "another-secret")
+    for field, value in (("address", "10.6.6.6"), ("generation_applied", 4), ("node", "x")):
+        assert not protocol.signature_valid({**report, field: value}, "the-node-secret")
+    assert not protocol.signature_valid({**report, "signature": ""}, "the-node-secret")
+
+
+def test_engine_env_is_built_from_an_allow_list(settings):
+    make_model(settings)
+    agent_env = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/agent",
+        "LC_ALL": "C.UTF-8",
+        "VLLM_LOGGING_LEVEL": "DEBUG",
+        "OMP_NUM_THREADS": "4",
+        "VLLM_API_KEY": "inherited-key",
+        "AGENT_BROKER_URL": "redis://:pw@redis:6379/0",
+        "AGENT_NODE_SECRET": "node-secret",
+        "AGENT_NODE_SECRET_FILE": "/etc/sap/node.secret",
+        "REDIS_URL": "redis://:pw@redis:6379/0",
+        "DATABASE_URL": "postgres://u:pw@db/sap",
+        "SECRET_KEY": "django",
+        "HF_TOKEN": "hf_secret",
+        "AWS_SECRET_ACCESS_KEY": "aws",
+    }
+    spec = make_spec()
+    env = build_launch(spec, settings, CPU_INVENTORY, base_env=agent_env).env
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == "/home/agent"
+    assert env["LC_ALL"] == "C.UTF-8" and env["OMP_NUM_THREADS"] == "4"
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
+    assert env["VLLM_API_KEY"] == spec["api_key"]  # its own key, not an inherited one
+    for name in (
+        "AGENT_BROKER_URL",
+        "AGENT_NODE_SECRET",
+        "AGENT_NODE_SECRET_FILE",
+        "REDIS_URL",
+        "DATABASE_URL",
+        "SECRET_KEY",
+        "HF_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
+        assert name not in env
+    assert not any("pw@" in value or "secret" in value for value in env.values())
+
+
+def test_broker_acl_rules_name_only_the_nodes_own_keys():
+    from workers.agent import broker_acl
+
+    rules = broker_acl.agent_acl_rules("gpu-1", "pw")
+    keys = [rule for rule in rules if rule.startswith("~")]
+    assert keys == [
+        "~agent.gpu-1",
+        "~agent.gpu-1\x06\x16*",
+        "~_kombu.binding.agent.gpu-1",
+        "~_kombu.binding_permanent.agent.gpu-1",
+    ]
+    assert rules[:5] == ["reset", "on", ">pw", "resetchannels", "-@all"]
+    assert rules[-1] == "(~fleet +lpush)"
+    url = broker_acl.agent_broker_url("redis://:admin@10.0.0.2:6380/3", "sap-agent-gpu-1", "p/w")
+    assert url == "redis://sap-agent-gpu-1:p%2Fw@10.0.0.2:6380/3"

@@ -1,4 +1,5 @@
-"""Fleet fixtures: a pool, fake agent reports, and the agents' queues captured."""
+"""Fleet fixtures: a pool, fake agent reports (signed like a real agent's, the node
+registered on first use), and the agents' queues captured."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import time
 
 import pytest
 from controlplane.catalog.models import ModelVersion
-from controlplane.fleet import reconciler
+from controlplane.fleet import node_auth, reconciler
 from controlplane.fleet import services as fleet_services
+from controlplane.fleet.models import Node, Pool
 from controlplane.fleet.services import create_pool
 
 from tests.conftest import SYSTEM
+from workers import protocol
 
 GIB = 1024
 _clock = itertools.count(1)
@@ -48,6 +51,19 @@ def sized_model(world):
     return version
 
 
+def node_secret(name: str, *, pool: str = "gpu", address: str = "10.0.0.1") -> str:
+    """The credential of node `name`: registered (with `address`) if it does not exist,
+    issued anew if it has none (created without one, or issued in an earlier test)."""
+    node = Node.objects.filter(name=name).first()
+    if node is None:
+        _, secret = node_auth.register_node(
+            actor=SYSTEM, name=name, pool=Pool.objects.get(name=pool), address=address
+        )
+        return secret
+    secret = node_auth.node_secret(node)
+    return secret or node_auth.rotate_node_credential(actor=SYSTEM, node=node)
+
+
 def report(
     node="gpu-1",
     *,
@@ -58,8 +74,11 @@ def report(
     sent_at=None,
     labels=None,
     address="10.0.0.1",
+    sign=True,
 ):
-    return {
+    """A node report as the node's agent sends it: signed with the node's secret (the
+    node is registered first when it does not exist; `sign=False`: neither)."""
+    body = {
         "protocol": 1,
         "node": node,
         "pool": pool,
@@ -85,6 +104,9 @@ def report(
         "sent_at": sent_at if sent_at is not None else time.time() + next(_clock) * 1e-3,
         "agent_version": "test",
     }
+    if not sign:
+        return body
+    return protocol.sign_report(body, node_secret(node, pool=pool, address=address))
 
 
 def replica_report(replica, state="ready", **extra):

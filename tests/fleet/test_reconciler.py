@@ -48,11 +48,11 @@ def routes():
     return build_snapshot()["models"]["tiny-chat"]["routes"]
 
 
-def test_report_registers_node_and_places_replicas(world, pool, sized_model, sent):
+def test_report_of_registered_node_places_replicas(world, pool, sized_model, sent):
     assert tasks.node_report(report("gpu-1", gpus=(80 * GIB, 80 * GIB))) == "applied"
     node = Node.objects.get(name="gpu-1")
     assert node.state == "ready" and len(node.inventory["gpus"]) == 2
-    assert AuditEvent.objects.filter(action="node.register", target_id=str(node.pk)).exists()
+    assert AuditEvent.objects.filter(action="node.create", target_id=str(node.pk)).exists()
     deployment = deploy(world, pool, replicas=2)
     reconcile()
     replicas = list(Replica.objects.filter(deployment=deployment))
@@ -165,8 +165,8 @@ def test_stale_report_does_not_undo_newer_state(world, pool, sized_model):
 
 def test_invalid_reports_are_dropped(world, pool):
     assert tasks.node_report({"node": "x"}) == "invalid"
-    assert tasks.node_report(report("gpu-1", pool="nope")) == "unknown node"
-    bad = report("gpu-1")
+    assert tasks.node_report(report("gpu-1", sign=False)) == "refused: unsigned"
+    bad = report("gpu-1", sign=False)
     bad["inventory"]["gpus"] = [{"index": "0"}]
     assert tasks.node_report(bad) == "invalid"
     assert not Node.objects.exists()

@@ -4,6 +4,13 @@ It consumes nothing but the node's queue (`protocol.agent_queue(node)`), runs it
 task in the worker's own process (the `solo` pool: the task hands the desired state to
 the supervisor living in this process), stores no results, and publishes node reports
 to `protocol.FLEET_QUEUE`. It never imports Django or the control plane.
+
+Kombu's ack emulation is off: with it, every consumer of the broker keeps the messages
+it is processing in one shared `unacked` hash, which an agent would then need to read
+and write, and which holds the other nodes' desired states (with their replica keys).
+Without it a desired state being applied when the agent dies is lost, which costs
+nothing: the reconciler sends the whole state again until the node reports it applied.
+The agent's Redis ACL user (`broker_acl.py`) can therefore be limited to its own queue.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ def create_celery_app(settings: AgentSettings, on_desired_state: Callable[[dict]
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a node agent waits for its broker forever
         result_backend=None,
+        broker_transport_options={"ack_emulation": False},
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
@@ -62,8 +70,11 @@ def create_celery_app(settings: AgentSettings, on_desired_state: Callable[[dict]
 
 
 def send_node_report(app: Celery, report: NodeReport) -> None:
+    # declare=[]: the control plane's worker declares the fleet queue; the agent only
+    # pushes onto it (its ACL user may not touch the queue's binding table).
     app.send_task(
         protocol.TASK_NODE_REPORT,
         args=[report],
         queue=protocol.FLEET_QUEUE,
+        declare=[],
     )

@@ -10,6 +10,9 @@ vLLM through the same functions). What this module adds is the node's view:
 - `engine_args` turned into flags, refusing those the agent sets itself,
 - `--trust-remote-code` only when the spec says so (launch.py always writes
   `--no-trust-remote-code`; vLLM's boolean flags take the last occurrence),
+- an environment built from an allow-list (`engine_base_env`): the engine gets what
+  it needs to run (paths, locale, its own VLLM_*/CUDA_*/thread settings) and its API
+  key, never the agent's broker URL, node secret or any other credential,
 - a configurable engine command (`AGENT_ENGINE_COMMAND`) in place of
   `<engine python> -m vllm.entrypoints.openai.api_server`, so any server that speaks
   vLLM's flags, `/health` and `/metrics` can run (the tests' fake engine does).
@@ -18,6 +21,7 @@ vLLM through the same functions). What this module adds is the node's view:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from pathlib import Path
 from workers.agent.settings import AgentSettings
 from workers.engine.launch import RUNNER_FOR_TASK, vllm_command, vllm_env
 from workers.protocol import Inventory, ReplicaSpec
+from workers.safepath import UnsafePath, path_within
 
 ENGINE_ARG_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # Flags the agent derives from the spec or its own settings; engine_args may not set them.
@@ -52,6 +57,46 @@ LAUNCH_PARAMETERS = frozenset({"gpu_memory_utilization", "enforce_eager"})
 # the module the engine command replaces when AGENT_ENGINE_COMMAND is set
 VLLM_MODULE_PREFIX_LEN = 3  # [python, "-m", "vllm.entrypoints.openai.api_server"]
 
+# What an engine process may inherit from the agent's environment; everything else
+# (the broker URL, the node secret, REDIS_URL, tokens of any kind) stays behind.
+ENGINE_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "LD_LIBRARY_PATH",
+        "VIRTUAL_ENV",
+        "XDG_CACHE_HOME",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "TRANSFORMERS_CACHE",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+    }
+)
+ENGINE_ENV_PREFIXES = (
+    "LC_",
+    "VLLM_",
+    "CUDA_",
+    "NVIDIA_",
+    "NCCL_",
+    "OMP_",
+    "KMP_",
+    "MKL_",
+    "TORCH_",
+    "TORCHINDUCTOR_",
+    "PYTORCH_",
+    "TRITON_",
+)
+# Never passed, whatever the allow-list says (VLLM_API_KEY is set per replica).
+ENGINE_ENV_DENIED = frozenset({"VLLM_API_KEY"})
+
 
 class SpecError(ValueError):
     """A replica spec this node cannot run; the message says which field and why."""
@@ -64,9 +109,27 @@ class LaunchPlan:
     model_path: Path
 
 
+def engine_base_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of `environ` (default: the agent's own environment)."""
+    source = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in source.items()
+        if name not in ENGINE_ENV_DENIED
+        and (name in ENGINE_ENV_NAMES or name.startswith(ENGINE_ENV_PREFIXES))
+    }
+
+
 def model_path_for(spec: ReplicaSpec, model_cache_dir: Path) -> Path:
+    """An absolute source path is the control plane's (a fetch target or an admin's
+    local folder); a relative one names a folder of the model cache and must stay in it."""
     path = Path(spec["source"]["path"])
-    return path if path.is_absolute() else model_cache_dir / path
+    if path.is_absolute():
+        return path
+    try:
+        return path_within(model_cache_dir, path)
+    except UnsafePath as exc:
+        raise SpecError(f"source.path: {exc}") from None
 
 
 def build_launch(
@@ -107,7 +170,7 @@ def build_launch(
     if settings.engine_command is not None:
         argv = [*settings.engine_command, *argv[VLLM_MODULE_PREFIX_LEN:]]
     env = vllm_env(
-        base_env,
+        engine_base_env(base_env),
         api_key=spec["api_key"],
         device="gpu" if on_gpu else "cpu",
         kv_cache_gib=settings.cpu_kv_cache_gib,

@@ -71,8 +71,9 @@ class Reporter:
             self.send_now()
 
     def build_report(self) -> NodeReport:
+        """The node's whole actual state, signed with the node secret."""
         generation, replicas = self._snapshot()
-        return {
+        report: NodeReport = {
             "protocol": protocol.PROTOCOL_VERSION,
             "node": self.settings.node_name,
             "pool": self.settings.pool,
@@ -84,6 +85,7 @@ class Reporter:
             "sent_at": time.time(),
             "agent_version": AGENT_VERSION,
         }
+        return protocol.sign_report(report, self.settings.node_secret)
 
     def send_now(self) -> bool:
         with self._lock:

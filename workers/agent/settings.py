@@ -4,8 +4,9 @@ Every value goes through a small typed helper; all problems are collected and ra
 together as one `SettingsError`, so a misconfigured agent stops at start with a message
 that names each bad variable instead of failing later with a traceback.
 
-Secrets (the broker URL carries the Redis password) may also come from a mounted file:
-`AGENT_BROKER_URL_FILE`. The agent holds broker credentials only, never database ones.
+Secrets (the broker URL carries the Redis password; the node secret signs the reports)
+may also come from a mounted file: `AGENT_BROKER_URL_FILE`, `AGENT_NODE_SECRET_FILE`.
+The agent holds broker credentials and its node secret only, never database ones.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class AgentSettings:
     state_dir: Path
     heartbeat_seconds: float
     broker_url: str = field(repr=False)
+    node_secret: str = field(default="", repr=False)  # signs the node reports
     stop_replicas_on_exit: bool = False
     enforce_eager: bool = False
     cpu_kv_cache_gib: int = 1
@@ -190,6 +192,13 @@ class _Reader:
             maximum=protocol.NODE_LOST_AFTER_SECONDS / 3,
         )
         broker_url = self._broker_url()
+        node_secret = self.secret("AGENT_NODE_SECRET")
+        if node_secret is None:
+            self.problems.append(
+                "AGENT_NODE_SECRET (or AGENT_NODE_SECRET_FILE) is not set: the control plane "
+                "refuses unsigned reports; register the node (manage.py register_node NAME "
+                "--pool POOL --address ADDRESS) and give the agent the secret it prints"
+            )
         initial_backoff = self.number(
             "AGENT_RESTART_BACKOFF_INITIAL_SECONDS", 2.0, minimum=0.05, maximum=3600
         )
@@ -214,6 +223,7 @@ class _Reader:
             state_dir=state_dir,
             heartbeat_seconds=heartbeat,
             broker_url=broker_url,
+            node_secret=node_secret or "",
             stop_replicas_on_exit=self.boolean("AGENT_STOP_REPLICAS_ON_EXIT", False),
             enforce_eager=self.boolean("AGENT_ENFORCE_EAGER", False),
             cpu_kv_cache_gib=self.integer("AGENT_CPU_KV_CACHE_GIB", 1, minimum=1, maximum=4096),

@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from controlplane.audit.services import record_event
 from controlplane.catalog.secrets import decrypt_secret, encrypt_secret
-from controlplane.env import env_bool, env_int
-from controlplane.fleet import placement, reconcile
+from controlplane.env import env_int
+from controlplane.fleet import node_auth, placement, reconcile
 from controlplane.fleet import services as fleet_services
 from controlplane.fleet.models import (
     ArtifactFetch,
@@ -469,35 +469,11 @@ def _validate_report(report) -> None:
             raise BadReport("every replica report needs an id")
 
 
-def _register(report, now: dt.datetime) -> Node | None:
-    if not env_bool("FLEET_AUTO_REGISTER_NODES", True):
-        log.warning(
-            "report from unknown node %s refused (auto-registration is off)", report["node"]
-        )
-        return None
-    pool = Pool.objects.filter(name=report["pool"]).first()
-    if pool is None:
-        log.warning("node %s reports pool %r, which does not exist", report["node"], report["pool"])
-        return None
-    node = Node(name=report["node"], pool=pool, address=report["address"][:255])
-    try:
-        node.full_clean(exclude=["labels", "reported_labels", "inventory"])
-    except Exception:
-        log.warning("node name %r is not valid; report dropped", report["node"])
-        return None
-    node.save()
-    record_event(
-        actor=RECONCILER,
-        action="node.register",
-        target=node,
-        changes={"pool": [None, pool.name], "address": [None, node.address]},
-    )
-    return Node.objects.select_for_update().get(pk=node.pk)
-
-
 def handle_node_report(report, now: dt.datetime | None = None) -> str:
-    """Apply one agent report; returns what happened (for logs and tests). A report
-    older than the newest one applied changes nothing."""
+    """Apply one agent report; returns what happened (for logs and tests). Only a
+    report signed by the registered node it names, from the node's registered address,
+    is applied (``node_auth``); a refused one is counted and audited and changes
+    nothing else. A report older than the newest one applied changes nothing."""
     now = now or timezone.now()
     try:
         _validate_report(report)
@@ -506,16 +482,15 @@ def handle_node_report(report, now: dt.datetime | None = None) -> str:
         return "invalid"
     with transaction.atomic():
         node = Node.objects.select_for_update().filter(name=report["node"]).first()
-        if node is None:
-            node = _register(report, now)
-            if node is None:
-                return "unknown node"
+        reason, charged = node_auth.check_report(report, node)
+        if reason is not None:
+            node_auth.refuse_report(report, reason, charged)
+            return f"refused: {reason}"
         if report["sent_at"] <= node.last_report_sent_at:
             return "stale"
         before = _ready_set()
         node.last_report_sent_at = float(report["sent_at"])
         node.last_heartbeat = now
-        node.address = report["address"][:255]
         node.reported_labels = {
             str(k)[:63]: str(v)[:63] for k, v in list(report["labels"].items())[:32]
         }
