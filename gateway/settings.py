@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+from gateway.netguard import NetGuard, UnsafeURL
+
 LimitsFailMode = Literal["closed", "open"]
 RoutingStrategy = Literal["least-outstanding", "affinity"]
 
@@ -138,6 +140,14 @@ class Settings:
     eject_after_failures: int = 3
     eject_seconds: float = 10.0
     upstream_pool_size: int = 256
+    #: Hosts, addresses or CIDR networks external upstreams may resolve to although
+    #: they are internal (the control plane's ``ALLOWED_INTERNAL_HOSTS``).
+    allowed_internal_hosts: tuple[str, ...] = ()
+    #: Seconds a client has to send its whole request body (408 after).
+    body_timeout: float = 30.0
+    #: Seconds a write to a client may stay blocked (a client that stopped reading)
+    #: before the gateway drops the connection.
+    write_timeout: float = 30.0
 
     routing: RoutingStrategy = "least-outstanding"
     affinity_models: tuple[str, ...] = ()
@@ -208,6 +218,13 @@ class Settings:
             upstream_pool_size=env_int(
                 env, "GATEWAY_UPSTREAM_POOL_SIZE", cls.upstream_pool_size, minimum=1
             ),
+            allowed_internal_hosts=env_list(env, "ALLOWED_INTERNAL_HOSTS"),
+            body_timeout=env_float(
+                env, "GATEWAY_BODY_TIMEOUT_SECONDS", cls.body_timeout, minimum=0.01
+            ),
+            write_timeout=env_float(
+                env, "GATEWAY_WRITE_TIMEOUT_SECONDS", cls.write_timeout, minimum=0.01
+            ),
             routing=env_choice(  # type: ignore[arg-type]
                 env, "GATEWAY_ROUTING", "least-outstanding", ("least-outstanding", "affinity")
             ),
@@ -232,6 +249,10 @@ class Settings:
                 "GATEWAY_CONCURRENCY_SLOT_TTL must exceed GATEWAY_FIRST_BYTE_TIMEOUT and "
                 "GATEWAY_IDLE_TIMEOUT, or a slot could lapse while its request waits"
             )
+        try:
+            NetGuard(settings.allowed_internal_hosts)
+        except UnsafeURL as exc:
+            raise SettingsError(str(exc)) from None
         if settings.default_max_tokens > settings.max_tokens_cap:
             raise SettingsError("GATEWAY_DEFAULT_MAX_TOKENS must not exceed GATEWAY_MAX_TOKENS_CAP")
         return settings

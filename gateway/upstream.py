@@ -5,6 +5,13 @@ Why not httpx: on the gateway's hot path its per-request cost was most of the
 gateway's own overhead; this client is an ``asyncio.Protocol`` around ``httptools``
 (the parser uvicorn uses) and does only what proxying needs: POST a body, read the
 status and headers, then the body chunk by chunk with back-pressure.
+
+External upstreams (outside providers) are "guarded": their host is resolved once per
+connection through ``gateway.netguard``, checked, and the socket goes to the checked
+address (TLS still verifies the certificate for the name, and the Host header keeps
+it), so a DNS answer that changes after the check cannot point the gateway inside the
+house. Replica routes are internal by design and connect directly. Redirects are
+never followed: a 3xx goes back to the client as it came.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
+
+from gateway.netguard import NetGuard, UnsafeURL
 
 _READ_HIGH_WATER = 256 * 1024
 
@@ -39,6 +48,8 @@ class Origin:
     host: str
     port: int
     base_path: str
+    #: Resolve, check with the URL guard and connect to the checked address.
+    guarded: bool = False
 
     @property
     def host_header(self) -> bytes:
@@ -47,12 +58,12 @@ class Origin:
         return (host if self.port == default else f"{host}:{self.port}").encode()
 
 
-def parse_origin(url: str) -> Origin:
+def parse_origin(url: str, guarded: bool = False) -> Origin:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"unsupported upstream URL {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Origin(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+    return Origin(parts.scheme, parts.hostname, port, parts.path.rstrip("/"), guarded)
 
 
 class _Connection(asyncio.Protocol):
@@ -224,20 +235,33 @@ class UpstreamClient:
         first_byte_timeout: float,
         idle_timeout: float,
         max_idle_per_origin: int = 256,
+        guard: NetGuard | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.first_byte_timeout = first_byte_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle_per_origin
+        self.guard = guard or NetGuard()
         self._idle: dict[Origin, list[_Connection]] = {}
-        self._origins: dict[str, Origin] = {}
+        self._origins: dict[tuple[str, bool], Origin] = {}
         self._ssl: ssl.SSLContext | None = None
 
-    def origin(self, url: str) -> Origin:
-        origin = self._origins.get(url)
+    def origin(self, url: str, guarded: bool = False) -> Origin:
+        origin = self._origins.get((url, guarded))
         if origin is None:
-            origin = self._origins[url] = parse_origin(url)
+            origin = self._origins[(url, guarded)] = parse_origin(url, guarded)
         return origin
+
+    async def _addresses(self, origin: Origin) -> list[str]:
+        """Where to connect: the checked addresses of a guarded origin (resolved once,
+        here), else the host as written."""
+        if not origin.guarded:
+            return [origin.host]
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, self.guard.check_host, origin.host, origin.port)
+        except UnsafeURL as exc:
+            raise UpstreamError("connect", f"refused by the URL guard: {exc}") from None
 
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -248,13 +272,20 @@ class UpstreamClient:
             ssl_ctx = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(origin),
-                    origin.host,
-                    origin.port,
-                    ssl=ssl_ctx,
-                    server_hostname=origin.host if ssl_ctx else None,
-                )
+                addresses = await self._addresses(origin)
+                for index, address in enumerate(addresses):
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(origin),
+                            address,
+                            origin.port,
+                            ssl=ssl_ctx,
+                            server_hostname=origin.host if ssl_ctx else None,
+                        )
+                        break
+                    except OSError:
+                        if index == len(addresses) - 1:
+                            raise
         except TimeoutError:
             raise UpstreamError(
                 "connect", f"connecting to {origin.host}:{origin.port} timed out"
@@ -291,9 +322,12 @@ class UpstreamClient:
         path: str,
         body: bytes,
         headers: list[tuple[bytes, bytes]],
+        *,
+        guarded: bool = False,
     ) -> UpstreamResponse:
-        """Send a POST and wait for the status line and headers (first-byte timeout)."""
-        origin = self.origin(url)
+        """Send a POST and wait for the status line and headers (first-byte timeout).
+        ``guarded``: an external upstream, reached only at addresses the guard passed."""
+        origin = self.origin(url, guarded)
         head = b"".join(
             [
                 b"POST ",

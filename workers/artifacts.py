@@ -12,11 +12,16 @@ Sources
 - ``fetch_local``: a folder (copied, or hard-linked when on the same filesystem) or an
   air-gapped bundle (a ``.tar``/``.tar.gz`` file, extracted with member checks).
 - ``fetch_huggingface``: a repository at a pinned revision through ``huggingface_hub``
-  (injected as ``downloader`` so that it is testable without a network).
+  (injected as ``downloader`` so that it is testable without a network). Every HTTP
+  request of the download, redirects included, goes through ``GuardedTransport``: the
+  host is resolved once, checked by the URL guard (``gateway.netguard``) and the
+  connection made to the checked address, with the Host header and TLS name (SNI and
+  certificate check) of the original host.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -25,6 +30,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+from gateway.netguard import NetGuard, UnsafeURL
+from workers.safepath import UnsafePath, path_within
 
 CHUNK = 1024 * 1024
 Progress = Callable[[int, int, int, int], None]  # bytes_done, bytes_total, files_done, total
@@ -72,10 +81,18 @@ def sha256_file(path: Path, progress: Callable[[int], None] = _noop) -> str:
 
 def _inside(root: Path, path: Path) -> bool:
     try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
+        path_within(root, Path(path).absolute())
+    except UnsafePath:
         return False
     return True
+
+
+def _member(root: Path, name: str) -> Path:
+    """The file ``name`` (a manifest entry) of the model folder ``root``, proven inside."""
+    try:
+        return path_within(root, safe_relative(name))
+    except UnsafePath:
+        raise ArtifactError(f"{name} links outside the model folder") from None
 
 
 def list_files(model_dir: Path) -> list[str]:
@@ -116,12 +133,9 @@ def verify_dir(model_dir: Path, manifest: dict[str, str], progress: Progress = _
     model_dir = Path(model_dir)
     paths = {}
     for name in manifest:
-        path = model_dir / safe_relative(name)
-        if not path.is_file():
+        if not (model_dir / safe_relative(name)).is_file():
             raise ArtifactError(f"{name} is missing")
-        if not _inside(model_dir, path):
-            raise ArtifactError(f"{name} links outside the model folder")
-        paths[name] = path
+        paths[name] = _member(model_dir, name)
     total = sum(p.stat().st_size for p in paths.values())
     done = 0
     for count, (name, path) in enumerate(sorted(paths.items()), 1):
@@ -220,12 +234,9 @@ def fetch_local(
         elif source.is_dir():
             names = list(manifest) if manifest else list_files(source)
             for name in names:
-                path = source / safe_relative(name)
-                if not path.is_file():
+                if not (source / safe_relative(name)).is_file():
                     raise ArtifactError(f"{name} is missing from {source}")
-                if not _inside(source, path):
-                    raise ArtifactError(f"{name} links outside the model folder")
-                _copy_file(path, staging / name, link)
+                _copy_file(_member(source, name), staging / name, link)
         else:
             raise ArtifactError(f"{source} does not exist")
         return _finish(staging, target, manifest, progress)
@@ -234,9 +245,70 @@ def fetch_local(
         raise
 
 
-def hub_download(repo: str, revision: str, local_dir: Path, allow_patterns, endpoint) -> None:
+def guarded_transport(guard: NetGuard, httpx_module: Any = None) -> Any:
+    """An HTTP transport (of ``httpx`` or an API-compatible fork) that sends every
+    request to an address the guard checked: resolve once, check, connect there."""
+    if httpx_module is None:
+        import httpx as httpx_module
+
+    class GuardedTransport(httpx_module.HTTPTransport):
+        def handle_request(self, request):
+            url = request.url
+            try:
+                target = guard.check_url(str(url))
+            except UnsafeURL as exc:
+                raise ArtifactError(f"refused {url.scheme}://{url.host}: {exc}") from None
+            # The Host header was set from the original URL and stays; TLS checks the
+            # certificate against the original name (SNI).
+            request.url = url.copy_with(host=target.addresses[0])
+            request.extensions = {**request.extensions, "sni_hostname": target.host}
+            return super().handle_request(request)
+
+    return GuardedTransport()
+
+
+def _route_hub_through(guard: NetGuard) -> None:
+    """Make huggingface_hub's shared HTTP client use the guarded transport."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    set_factory = getattr(huggingface_hub, "set_client_factory", None)
+    if set_factory is None:
+        raise ArtifactError(
+            "this huggingface_hub cannot route downloads through the URL guard; "
+            "install huggingface_hub 1.0 or later"
+        )
+    from huggingface_hub.utils import _http as hub_http
+
+    module = getattr(hub_http, "httpx2", None) or hub_http.httpx
+    hook = getattr(hub_http, "hf_request_event_hook", None)
+    # The Xet protocol downloads outside the HTTP client: keep every byte on the guard.
+    constants.HF_HUB_DISABLE_XET = True
+
+    def factory():
+        return module.Client(
+            transport=guarded_transport(guard, module),
+            event_hooks={"request": [hook]} if hook else {},
+            follow_redirects=True,  # each hop goes through the transport: re-checked
+            timeout=None,
+        )
+
+    set_factory(factory)
+
+
+def hub_download(
+    repo: str,
+    revision: str,
+    local_dir: Path,
+    allow_patterns,
+    endpoint,
+    *,
+    guard: NetGuard | None = None,
+) -> None:
     """huggingface_hub's snapshot download, imported only when used."""
     from huggingface_hub import snapshot_download
+
+    _route_hub_through(guard or NetGuard())
 
     snapshot_download(
         repo_id=repo,
@@ -255,11 +327,13 @@ def fetch_huggingface(
     *,
     endpoint: str | None = None,
     url_guard: Callable[[str], None] | None = None,
+    guard: NetGuard | None = None,
     downloader: Callable[..., None] = hub_download,
     progress: Progress = _noop,
 ) -> FetchResult:
     """Download ``repo`` at the pinned ``revision`` (40 hex) and verify it.
-    ``url_guard`` refuses an endpoint (a mirror) the platform may not reach."""
+    ``url_guard`` refuses an endpoint (a mirror) the platform may not reach; ``guard``
+    (with the administrator's allow list) checks every connection of the download."""
     if len(revision) != 40 or any(c not in "0123456789abcdef" for c in revision):
         raise ArtifactError("the revision must be pinned to a 40-character commit hash")
     if endpoint and url_guard is not None:
@@ -267,6 +341,8 @@ def fetch_huggingface(
     manifest = dict(manifest or {})
     for name in manifest:
         safe_relative(name)
+    if downloader is hub_download:
+        downloader = functools.partial(hub_download, guard=guard)
     target = Path(target)
     staging = _staging(target)
     try:

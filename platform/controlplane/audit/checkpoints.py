@@ -5,6 +5,11 @@ from the database: whoever rewrites the database tail and recomputes every hash
 still cannot produce a valid signature over the rewritten head. Checkpoints are kept
 in the database for convenience and printed as JSON so an operator can keep copies
 elsewhere (``audit_verify --checkpoint FILE``).
+
+Wherever a key is set, the beat schedule signs the head every
+``AUDIT_CHECKPOINT_INTERVAL_SECONDS`` (``audit.checkpoint`` task), and ``audit_verify``
+checks the chain against the latest stored checkpoint. On PostgreSQL the checkpoint
+table is append-only like the audit table (migration 0003).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -23,10 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import connection, transaction
 
 from controlplane.audit.chain import verify_chain
 from controlplane.audit.models import AuditCheckpoint, AuditEvent
+
+log = logging.getLogger(__name__)
+# Any constant: the advisory lock that keeps two checkpoint runs from racing.
+_CHECKPOINT_LOCK_KEY = 0x5A1D18
 
 
 def _message(seq: int, head_hash: str, signed_at: str) -> bytes:
@@ -79,6 +89,45 @@ def create_checkpoint(private_key: Ed25519PrivateKey | None = None) -> AuditChec
         key_fingerprint=fingerprint(key.public_key()),
         signature=base64.b64encode(signature).decode(),
     )
+
+
+def signing_configured() -> bool:
+    return bool(settings.AUDIT_SIGNING_KEY)
+
+
+def latest_checkpoint() -> AuditCheckpoint | None:
+    return AuditCheckpoint.objects.order_by("-seq", "-signed_at", "-pk").first()
+
+
+@transaction.atomic
+def checkpoint_if_changed() -> str:
+    """The periodic task's work: sign the head unless the latest checkpoint already
+    covers it. ``"skipped"`` without a key, ``"unchanged"``, or ``"signed <seq>"``."""
+    if not signing_configured():
+        return "skipped"
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHECKPOINT_LOCK_KEY])
+    head = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
+    latest = latest_checkpoint()
+    if (
+        latest is not None
+        and head is not None
+        and (latest.seq, latest.hash)
+        == (
+            head.seq,
+            head.hash,
+        )
+    ):
+        return "unchanged"
+    if head is None and latest is not None:
+        return "unchanged"
+    try:
+        checkpoint = create_checkpoint()
+    except ValueError:
+        log.error("audit checkpoint refused: the chain does not verify (run audit_verify)")
+        raise
+    return f"signed {checkpoint.seq}"
 
 
 def checkpoint_to_json(checkpoint: AuditCheckpoint) -> str:

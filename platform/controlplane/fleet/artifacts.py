@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from controlplane import netsafety
 from controlplane.audit.services import record_event
 from controlplane.catalog.models import SourceType
 from controlplane.env import env_str
@@ -20,6 +21,7 @@ from controlplane.fleet.models import ArtifactFetch, FetchState
 from controlplane.netsafety import check_url
 from controlplane.tenancy.actors import Actor
 from workers import artifacts
+from workers.safepath import UnsafePath, path_within
 
 log = logging.getLogger(__name__)
 FETCHER = Actor.system("artifact-fetcher")
@@ -32,6 +34,13 @@ def _guard(url: str) -> None:
         check_url(url, allow_internal=False, field="endpoint")
     except ValidationError as exc:
         raise artifacts.ArtifactError("; ".join(exc.messages)) from None
+
+
+def _target(path: str) -> Path:
+    try:
+        return path_within(services.model_cache_dir(), Path(path).absolute())
+    except UnsafePath as exc:
+        raise artifacts.ArtifactError(f"target {exc}") from None
 
 
 def _progress_writer(fetch_id):
@@ -63,10 +72,12 @@ def run_fetch(fetch_id: str, *, downloader=None) -> str:
     version = fetch.model_version
     progress = _progress_writer(fetch.pk)
     try:
+        # Whatever the row says, files only ever land inside the model cache.
+        target = _target(fetch.target_path)
         if version.source_type == SourceType.LOCAL:
             result = artifacts.fetch_local(
                 Path(version.local_path),
-                Path(fetch.target_path),
+                target,
                 version.file_manifest,
                 link=True,
                 progress=progress,
@@ -76,10 +87,11 @@ def run_fetch(fetch_id: str, *, downloader=None) -> str:
             result = artifacts.fetch_huggingface(
                 version.hf_repo,
                 version.revision,
-                Path(fetch.target_path),
+                target,
                 version.file_manifest,
                 endpoint=env_str("HF_ENDPOINT") or None,
                 url_guard=_guard,
+                guard=netsafety.guard(),
                 progress=progress,
                 **kwargs,
             )

@@ -11,6 +11,7 @@ from controlplane.catalog.models import (
     OrganizationPolicy,
     Upstream,
 )
+from workers.safepath import UnsafePath, check_name
 
 
 class ModelSerializer(StrictModelSerializer):
@@ -83,6 +84,12 @@ class ModelVersionSerializer(StrictModelSerializer):
     def get_trust_remote_code_approved_by(self, version) -> str | None:
         approver = version.trust_remote_code_approved_by
         return approver.get_username() if approver else None
+
+    def validate_version(self, value: str) -> str:
+        try:
+            return check_name(value, "version")
+        except UnsafePath as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
 class ModelVersionUpdateSerializer(ModelVersionSerializer):

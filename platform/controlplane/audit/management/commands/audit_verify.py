@@ -11,8 +11,9 @@ from controlplane.audit.checkpoints import check_checkpoint, load_private_key, s
 
 class Command(BaseCommand):
     help = (
-        "Walk the audit chain and name the first bad sequence number; check signed "
-        "checkpoints (stored ones and any given with --checkpoint) against it."
+        "Walk the audit chain and name the first bad sequence number; check it against the "
+        "signed checkpoints (every stored one, the latest included, and any given with "
+        "--checkpoint). The public key is that of AUDIT_SIGNING_KEY unless --public-key."
     )
 
     def add_arguments(self, parser):
@@ -44,11 +45,15 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"audit chain broken at sequence {problem.seq}: {problem.reason}"
                 )
-        note = (
-            f"; {len(checkpoints)} signed checkpoint(s) hold"
-            if key is not None
-            else "; checkpoints not checked (no public key)"
-        )
+        if key is None:
+            note = "; checkpoints not checked (no public key)"
+        elif not checkpoints:
+            note = "; no signed checkpoint yet (the audit.checkpoint task writes them)"
+        else:
+            latest = max(int(c["seq"]) for c in checkpoints)
+            note = (
+                f"; {len(checkpoints)} signed checkpoint(s) hold, the latest at sequence {latest}"
+            )
         self.stdout.write(
             f"audit chain OK: {result.checked} events, head {result.head_seq} "
             f"{result.head_hash[:16]}{note}"
