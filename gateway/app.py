@@ -27,6 +27,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.limits import Limiter, LimitsUnavailable, Reservation, Subject, has_admission_limits
 from gateway.metrics import Metrics
+from gateway.netguard import NetGuard
 from gateway.policy import Plan, affinity_key_for, level_limits, plan_request
 from gateway.proxy import Proxy
 from gateway.resp import ScriptClient
@@ -51,6 +52,25 @@ _JSON = [(b"content-type", b"application/json")]
 
 class _ClientGone(Exception):
     pass
+
+
+class ClientWriteTimeout(Exception):
+    """A write to the client stayed blocked past ``write_timeout``: it stopped reading."""
+
+
+def _send_with_deadline(send: Any, timeout: float) -> Any:
+    """``send`` that gives up after ``timeout`` seconds of back-pressure (a client that
+    stopped reading would otherwise hold the request, its upstream stream and its
+    concurrency slot for as long as it likes)."""
+
+    async def deadline_send(message: dict[str, Any]) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await send(message)
+        except TimeoutError:
+            raise ClientWriteTimeout() from None
+
+    return deadline_send
 
 
 class Services:
@@ -82,6 +102,7 @@ class Services:
             first_byte_timeout=settings.first_byte_timeout,
             idle_timeout=settings.idle_timeout,
             max_idle_per_origin=settings.upstream_pool_size,
+            guard=NetGuard(settings.allowed_internal_hosts),
         )
         self.scripts = ScriptClient(settings.redis_url, settings.redis_timeout)
         self.limiter = Limiter(
@@ -266,6 +287,7 @@ class Gateway:
         assert services is not None, "the lifespan has not run"
         settings = self.settings
         metrics = self.metrics
+        send = _send_with_deadline(send, settings.write_timeout)
         ctx = RequestContext(
             request_id=self._request_id(scope),
             endpoint=endpoint,
@@ -283,7 +305,7 @@ class Gateway:
             )
             ctx.principal = principal
             require_scope(principal)
-            raw = await _read_body(scope, receive, settings.max_body_bytes)
+            raw = await _read_body(scope, receive, settings.max_body_bytes, settings.body_timeout)
             if principal.org.get("log_prompts"):
                 prompt_log.info(
                     "request %s body: %s", ctx.request_id, raw.decode("utf-8", "replace")
@@ -315,6 +337,16 @@ class Gateway:
         except _ClientGone:
             ctx.status = 499
             ctx.error = "client_disconnected"
+        except ClientWriteTimeout:
+            # Everything of this request is released below; the server closes the
+            # connection because the response never completed.
+            log.warning(
+                "request %s: client stopped reading for %g s; dropped",
+                ctx.request_id,
+                settings.write_timeout,
+            )
+            ctx.status = 499
+            ctx.error = "client_write_timeout"
         except Exception:
             log.exception("request %s failed", ctx.request_id)
             ctx.status = 500
@@ -379,6 +411,10 @@ class Gateway:
         try:
             metrics.requests.labels(org_label, ctx.model_label, ctx.endpoint, str(ctx.status)).inc()
             series = metrics.series(org_label, ctx.model_label, ctx.endpoint)
+            if ctx.replica is not None:
+                metrics.capacity_requests.labels(
+                    org_label, _owner_label(principal, ctx.owner), ctx.model_label
+                ).inc()
             series.latency.observe(latency)
             if ctx.first_byte_at is not None:
                 series.ttft.observe(ctx.first_byte_at - ctx.started)
@@ -429,6 +465,7 @@ class Gateway:
             "model": ctx.model[:200],
             "endpoint": ctx.endpoint,
             "replica": ctx.replica,
+            "owner": ctx.owner,
             "status": ctx.status,
             "prompt_tokens": ctx.prompt_tokens,
             "completion_tokens": ctx.completion_tokens,
@@ -442,7 +479,22 @@ class Gateway:
         await asyncio.shield(self.services.usage.record(event, reservation, actual))
 
 
-async def _read_body(scope: dict[str, Any], receive: Any, cap: int) -> bytes:
+async def _read_body(scope: dict[str, Any], receive: Any, cap: int, timeout: float = 30.0) -> bytes:
+    """The whole body, within ``timeout`` seconds (a 408 after: a client that trickles
+    its body, or never finishes it, must not hold a request open)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _receive_body(scope, receive, cap)
+    except TimeoutError:
+        raise GatewayError(
+            408,
+            f"The request body was not received within {timeout:g} s.",
+            code="request_timeout",
+            headers=[(b"connection", b"close")],
+        ) from None
+
+
+async def _receive_body(scope: dict[str, Any], receive: Any, cap: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -492,6 +544,16 @@ def _requested_model(raw: bytes) -> str:
         return ""
     model = body.get("model") if isinstance(body, dict) else None
     return model if isinstance(model, str) else ""
+
+
+def _owner_label(principal: Principal | None, owner: str | None) -> str:
+    """The capacity owner as a bounded label: ``platform``, or the caller's own slug (an
+    organization's replica serves nobody else; any other id is shown as it is)."""
+    if owner is None:
+        return "platform"
+    if principal is not None and owner == principal.org_id:
+        return _org_label(principal)
+    return owner
 
 
 def _org_label(principal: Principal | None) -> str:

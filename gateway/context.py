@@ -21,6 +21,7 @@ class RequestContext:
     status: int = 500
     error: str | None = None
     replica: str | None = None
+    owner: str | None = None  # Route.owner of ``replica``: None = platform capacity
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_reported: bool = False

@@ -24,6 +24,10 @@ from typing import Any, Literal, NotRequired, TypedDict
 KEY_PREFIX = "sap:"
 #: The full snapshot, one JSON document (see ``Snapshot``).
 SNAPSHOT_KEY = KEY_PREFIX + "snapshot"
+#: The version of the snapshot at ``SNAPSHOT_KEY`` (the publisher's compare-and-set).
+SNAPSHOT_VERSION_KEY = SNAPSHOT_KEY + ":version"
+#: The publisher's current epoch (see ``Snapshot.epoch``).
+SNAPSHOT_EPOCH_KEY = SNAPSHOT_KEY + ":epoch"
 #: Pub/sub channel; the message is the new snapshot's version as a decimal string.
 SNAPSHOT_CHANNEL = KEY_PREFIX + "snapshot:changed"
 #: Redis stream of usage events (one field ``event`` holding the JSON of ``UsageEvent``).
@@ -32,6 +36,12 @@ USAGE_STREAM = KEY_PREFIX + "usage"
 USAGE_GROUP = "ledger"
 #: Prefix of the gateway's limit counters (rate windows, budgets, concurrency slots).
 LIMITS_PREFIX = KEY_PREFIX + "lim:"
+#: Liveness of background services that have no HTTP endpoint: the value is the unix
+#: time of the service's last loop, the key expires when it stops (``HEARTBEAT_TTL``).
+HEARTBEAT_PREFIX = KEY_PREFIX + "heartbeat:"
+HEARTBEAT_BEAT = HEARTBEAT_PREFIX + "beat"  # Celery beat's scheduler
+HEARTBEAT_LEDGER = HEARTBEAT_PREFIX + "ledger:"  # + the consumer's name
+HEARTBEAT_TTL = 60
 
 SNAPSHOT_SCHEMA = 1
 USAGE_SCHEMA = 1
@@ -127,11 +137,33 @@ class TeamEntry(TypedDict):
 
 
 class Route(TypedDict):
+    """One upstream of a model, and who may use it.
+
+    Capacity belongs to its owner. ``owner`` is the id of the organization whose
+    deployment runs the replica, or ``None`` for platform capacity (a platform
+    deployment, or an upstream of the catalog). ``orgs`` lists the organization ids that
+    may use the route, ``None`` meaning every organization allowed the model:
+
+    * an organization's replica: ``owner=<org>``, ``orgs=[<org>]``;
+    * a platform deployment shared with some organizations: ``owner=None``,
+      ``orgs=[...]`` (``[]``: shared with nobody yet);
+    * a platform deployment shared with all, or a catalog upstream (outside providers
+      included): ``owner=None``, ``orgs=None``.
+
+    A gateway uses a route for a request of organization O only if ``orgs`` is ``None``
+    or contains O, and ``owner`` is ``None`` or O. It prefers O's own routes
+    (``owner == O``) and uses the shared ones when none of its own is healthy. Both
+    fields are optional for readers: a route without them (written before they
+    existed) is platform capacity for every organization, as it was then.
+    """
+
     id: str  # replica or upstream id; bounded set, safe as a metric label
     url: str  # base URL ending before /v1, e.g. http://10.0.0.5:8001
     api_key: str | None  # per-replica / per-upstream key sent upstream as Bearer
     model: str  # model name the upstream serves (``--served-model-name``)
     external: bool  # True for an outside provider (open-access class)
+    owner: NotRequired[str | None]  # owning organization id; None = the platform
+    orgs: NotRequired[list[str] | None]  # organization ids allowed; None = every one
 
 
 class ModelEntry(TypedDict):
@@ -143,7 +175,11 @@ class ModelEntry(TypedDict):
 
 class Snapshot(TypedDict):
     schema: int
-    version: int  # strictly increasing; a gateway never applies an older one
+    version: int  # strictly increasing within an epoch; never applied when older
+    # The publisher starts a new epoch when Redis holds a version ahead of its database
+    # (a restored backup, tampering); a gateway applies a snapshot of another epoch
+    # whatever its version. Optional for readers: absent means "" (before epochs).
+    epoch: NotRequired[str]
     generated_at: float  # unix time
     keys: dict[str, KeyEntry]  # by key prefix
     orgs: dict[str, OrgEntry]  # by organization id
@@ -155,6 +191,7 @@ def empty_snapshot() -> Snapshot:
     return {
         "schema": SNAPSHOT_SCHEMA,
         "version": 0,
+        "epoch": "",  # next to the version: a gateway's poll peeks at both
         "generated_at": 0.0,
         "keys": {},
         "orgs": {},
@@ -175,6 +212,10 @@ class UsageEvent(TypedDict):
     model: str  # public alias
     endpoint: str  # "chat.completions" | "completions" | "embeddings"
     replica: str | None  # Route.id that served it, if any
+    #: ``Route.owner`` of the route that served it: the organization whose capacity
+    #: served the request, ``None`` for platform capacity or when no route served it.
+    #: Optional: events written before the field existed lack it (read as ``None``).
+    owner: NotRequired[str | None]
     status: int  # HTTP status returned to the client
     prompt_tokens: int
     completion_tokens: int

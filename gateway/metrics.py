@@ -8,7 +8,9 @@ them, so a scrape sees the whole gateway whichever process answers it. Without t
 variable the metrics live in a registry owned by the app.
 
 Labels are bounded: organization slug, model alias (``unknown`` for names not in the
-snapshot), status code, limit reason, route id. No key ids, no free text.
+snapshot), status code, limit reason, route id, capacity owner (the caller's own slug or
+``platform``: an organization's replicas serve only that organization). No key ids, no
+free text.
 """
 
 from __future__ import annotations
@@ -94,6 +96,14 @@ class Metrics:
             "gateway_upstream_errors_total",
             "Failed upstream attempts, by route and kind.",
             ["route", "kind"],
+            registry=reg,
+        )
+        self.capacity_requests = Counter(
+            "gateway_capacity_requests_total",
+            "Requests sent upstream, by calling organization, owner of the capacity that "
+            "served them (the organization's slug, or 'platform' for platform deployments "
+            "and catalog upstreams) and model.",
+            ["org", "owner", "model"],
             registry=reg,
         )
         self.route_ejections = Counter(

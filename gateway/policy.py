@@ -2,7 +2,9 @@
 
 Checks, in order: JSON shape and parameters (400, naming the parameter), the model
 exists (404), the key and organization may use it (403), its routes may be used by the
-organization (external upstreams need ``allow_external``), and the caps (``max_tokens``,
+organization (external upstreams need ``allow_external``; a replica serves only the
+organization owning its deployment, or those a platform deployment is shared with:
+none left is 503), and the caps (``max_tokens``,
 ``n``, embedding inputs). The result is a ``Plan`` with the worst-case token reservation
 the limits will hold before the request goes upstream.
 """
@@ -35,6 +37,8 @@ class Plan:
     body: dict[str, Any]
     alias: str
     model: contract.ModelEntry
+    #: The routes this organization may use: its own capacity (its deployments'
+    #: replicas) first, then the platform's shared with it.
     routes: list[contract.Route]
     stream: bool
     #: The client asked for the usage chunk of a stream itself.
@@ -46,6 +50,28 @@ class Plan:
     #: limit applies (``None``: leave the body as the client sent it).
     inject_max_tokens: int | None
     affinity_key: str | None
+    #: How many of ``routes`` (the first ones) are the organization's own; the rest are
+    #: shared platform capacity, used when none of its own is healthy.
+    own_routes: int = 0
+
+
+def split_by_owner(
+    routes: list[contract.Route], org_id: str
+) -> tuple[list[contract.Route], list[contract.Route]]:
+    """``(own, shared)``: the routes of ``org_id``'s deployments, and the platform routes
+    shared with it. Every other route (another organization's capacity) is in neither."""
+    own: list[contract.Route] = []
+    shared: list[contract.Route] = []
+    for route in routes:
+        owner = route.get("owner")
+        orgs = route.get("orgs")
+        if orgs is not None and org_id not in orgs:
+            continue
+        if owner is None:
+            shared.append(route)
+        elif owner == org_id:
+            own.append(route)
+    return own, shared
 
 
 def level_limits(principal: Principal) -> list[tuple[str, str, contract.Limits]]:
@@ -101,6 +127,16 @@ def _validate_chat(body: dict[str, Any]) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise invalid_param(
                 f"messages[{index}]", f"'messages[{index}]' must be an object with a 'role'."
+            )
+        content = message.get("content")
+        if not (
+            content is None
+            or isinstance(content, str)
+            or (isinstance(content, list) and all(isinstance(p, dict) for p in content))
+        ):
+            raise invalid_param(
+                f"messages[{index}].content",
+                f"'messages[{index}].content' must be a string or an array of content parts.",
             )
 
 
@@ -158,7 +194,13 @@ def _affinity_key(endpoint: str, body: dict[str, Any], prefix_chars: int) -> str
         for message in body.get("messages") or ():
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                # Only the text parts count (images and other parts do not); a part
+                # of any other shape is skipped, never a crash.
+                content = "".join(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
             if isinstance(content, str):
                 parts.append(content)
                 size += len(content)
@@ -255,6 +297,14 @@ def plan_request(
                 param="model",
             )
         routes = internal
+    own, shared = split_by_owner(routes, principal.org_id)
+    if not own and not shared:
+        raise GatewayError(
+            503,
+            f"Your organization has no deployment of the model '{alias}' with a ready "
+            "replica, and no platform deployment of it is shared with your organization.",
+            code="no_route",
+        )
 
     levels = level_limits(principal)
     prompt_estimate = max(1, math.ceil(len(raw_body) / settings.chars_per_token))
@@ -297,7 +347,8 @@ def plan_request(
         body=body,
         alias=alias,
         model=model,
-        routes=routes,
+        routes=own + shared,
+        own_routes=len(own),
         stream=stream,
         client_wants_usage=client_wants_usage,
         reserve_tokens=reserve,

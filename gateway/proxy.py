@@ -112,7 +112,8 @@ class Proxy:
         send: Any,
         receive: Any,
     ) -> None:
-        candidates = self.router.order(plan.alias, plan.routes, affinity_key)
+        own, shared = plan.routes[: plan.own_routes], plan.routes[plan.own_routes :]
+        candidates = self.router.order_tiers(plan.alias, [own, shared], affinity_key)
         if not candidates:
             raise GatewayError(
                 503,
@@ -204,9 +205,12 @@ class Proxy:
         if plan.stream:
             headers.append((b"accept", b"text/event-stream"))
         ctx.replica = route["id"]
+        ctx.owner = route.get("owner")
         ctx.upstream_sent_at = time.perf_counter()
         try:
-            response = await self.client.post(route["url"], path, body, headers)
+            response = await self.client.post(
+                route["url"], path, body, headers, guarded=bool(route.get("external"))
+            )
         except UpstreamError as exc:
             if exc.kind == "first_byte":
                 # Not retried: the upstream may be working on it; a second replica
@@ -391,6 +395,9 @@ class Proxy:
             await send({"type": "http.response.body", "body": relay.flush(), "more_body": False})
         finally:
             watcher.cancel()
+            # Whatever ended the relay (a client that stopped reading included), the
+            # upstream stream is not left running; a no-op once it was released.
+            response.abort()
             if relay.usage is not None:
                 ctx.prompt_tokens, ctx.completion_tokens = relay.usage
                 ctx.usage_reported = True

@@ -11,6 +11,10 @@ Two strategies, both per process:
 A route that fails (connect error, 5xx, timeout) ``eject_after_failures`` times in a
 row is ejected for ``eject_seconds``; ejected routes are tried only when every route
 is ejected (panic mode), so a single flaky replica cannot take a model offline.
+
+Routes come in tiers (``order_tiers``): an organization's own replicas first, then the
+platform capacity shared with it, which is used only when no own route is healthy (and
+as the next candidates when every own one fails).
 """
 
 from __future__ import annotations
@@ -86,6 +90,21 @@ class Router:
         start = next(self._rr) % len(healthy)
         rotated = healthy[start:] + healthy[:start]
         return sorted(rotated, key=lambda r: self._h(r["id"]).outstanding)
+
+    def order_tiers(
+        self, alias: str, tiers: list[list[contract.Route]], affinity_key: str | None
+    ) -> list[contract.Route]:
+        """Candidates tier by tier: the healthy routes of each tier, ordered as
+        ``order`` does, before those of the next; all of them ejected, panic mode over
+        every route (own tier first among equals)."""
+        now = self.clock()
+        candidates: list[contract.Route] = []
+        for tier in tiers:
+            healthy = [r for r in tier if self._h(r["id"]).ejected_until <= now]
+            candidates.extend(self.order(alias, healthy, affinity_key))
+        if candidates:
+            return candidates
+        return self.order(alias, [r for tier in tiers for r in tier], affinity_key)
 
     def acquire(self, route_id: str) -> None:
         self._h(route_id).outstanding += 1

@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_ORG = "demo"
 DEMO_KEY_NAME = "demo key"
+CREATE_KEY_HINT = ".venv/bin/python manage.py create_api_key demo --name NAME --scopes inference"
 
 
 @dataclass
@@ -28,7 +29,8 @@ class Demo:
         note = (
             "This key is shown only now; keep it."
             if self.key
-            else "Create more keys with: .venv/bin/python manage.py create_api_key demo --name NAME"
+            else "Lost it? Start with --new-demo-key (revokes it, prints a new one), or: "
+            + CREATE_KEY_HINT
         )
         return f"""
 ================================================================================
@@ -58,7 +60,9 @@ PY
 """
 
 
-def bootstrap(say: Callable[[str], None], *, with_models: bool = True) -> Demo:
+def bootstrap(
+    say: Callable[[str], None], *, with_models: bool = True, new_demo_key: bool = False
+) -> Demo:
     import django
 
     django.setup()
@@ -74,17 +78,18 @@ def bootstrap(say: Callable[[str], None], *, with_models: bool = True) -> Demo:
             cursor.execute("PRAGMA journal_mode=WAL")
     say(f"database ready ({connection.vendor}, data in {settings.DATA_DIR})")
     call_command("ensure_admin")
-    demo = _demo_organization(say, with_models=with_models)
+    demo = _demo_organization(say, with_models=with_models, new_key=new_demo_key)
+    _local_node(say)
     from controlplane.snapshot import publish_snapshot
 
     publish_snapshot()
     return demo
 
 
-def _demo_organization(say: Callable[[str], None], *, with_models: bool) -> Demo:
+def _demo_organization(say: Callable[[str], None], *, with_models: bool, new_key: bool) -> Demo:
     from controlplane.tenancy.actors import Actor
     from controlplane.tenancy.models import ApiKey, Organization
-    from controlplane.tenancy.services import create_api_key, create_organization
+    from controlplane.tenancy.services import create_api_key, create_organization, revoke_api_key
 
     actor = Actor.system("single-machine bootstrap")
     organization = Organization.objects.filter(slug=DEMO_ORG).first()
@@ -94,11 +99,12 @@ def _demo_organization(say: Callable[[str], None], *, with_models: bool) -> Demo
     chat_model, embedding_model = (
         _demo_models(say, actor, organization) if with_models else ("tiny-chat", "minilm")
     )
-    key = (
-        ApiKey.objects.filter(organization=organization, name=DEMO_KEY_NAME, revoked_at=None)
-        .order_by("created_at")
-        .first()
-    )
+    live = ApiKey.objects.filter(organization=organization, name=DEMO_KEY_NAME, revoked_at=None)
+    if new_key:
+        for old in live:
+            revoke_api_key(actor=actor, key=old)
+            say(f"revoked the demo API key {old.display_prefix}… (--new-demo-key)")
+    key = live.order_by("created_at").first()
     secret = None
     if key is None:
         key, secret = create_api_key(
@@ -107,7 +113,14 @@ def _demo_organization(say: Callable[[str], None], *, with_models: bool) -> Demo
             name=DEMO_KEY_NAME,
             scopes=["inference", "manage"],
         )
-        say("created the demo API key")
+        # Printed now, not only in the ready banner: a start that dies before the
+        # banner must not lose the only copy of the key.
+        say(f"created the demo API key (shown once, keep it): {secret}")
+    else:
+        say(
+            f"the demo API key {key.display_prefix}… was printed when it was created; "
+            "to replace it, start with --new-demo-key"
+        )
     return Demo(
         organization=organization.slug,
         key=secret,
@@ -158,6 +171,52 @@ def _demo_models(say, actor, organization) -> tuple[str, str]:
             )
             say(f"deployed {alias} on the pool {LOCAL_POOL!r}")
     return "tiny-chat", "minilm"
+
+
+#: This machine's node: the agent reports this address, the gateway reaches replicas there.
+LOCAL_NODE_ADDRESS = "127.0.0.1"
+
+
+def local_node_name() -> str:
+    return os.environ.get("AGENT_NODE_NAME", "local")
+
+
+def local_node_secret_file() -> Path:
+    from django.conf import settings
+
+    return settings.DATA_DIR / "node-secrets" / f"{local_node_name()}.secret"
+
+
+def _local_node(say: Callable[[str], None]) -> None:
+    """Register this machine's node ahead of its agent (reports of unregistered nodes
+    are refused) and keep its credential where only the agent is pointed at it
+    (``AGENT_NODE_SECRET_FILE``, mode 0600). A node without a usable credential (from
+    before credentials, or its file lost) gets a new one."""
+    from controlplane.fleet.models import Node, Pool
+    from controlplane.fleet.node_auth import (
+        node_secret,
+        register_node,
+        rotate_node_credential,
+        write_secret_file,
+    )
+    from controlplane.fleet.services import create_pool
+    from controlplane.tenancy.actors import Actor
+
+    actor = Actor.system("single-machine bootstrap")
+    name, path = local_node_name(), local_node_secret_file()
+    node = Node.objects.filter(name=name).first()
+    if node is None:
+        pool = Pool.objects.filter(name=LOCAL_POOL).first() or create_pool(
+            actor=actor, name=LOCAL_POOL, strategy="binpack"
+        )
+        _, secret = register_node(actor=actor, name=name, pool=pool, address=LOCAL_NODE_ADDRESS)
+        write_secret_file(path, secret)
+        say(f"registered this machine as the node {name!r}")
+        return
+    stored = path.read_text().strip() if path.is_file() else None
+    if stored is None or stored != node_secret(node):
+        write_secret_file(path, rotate_node_credential(actor=actor, node=node))
+        say(f"issued a new credential for the node {name!r}")
 
 
 def _error_line(text: str) -> str:
@@ -215,13 +274,65 @@ def _python_service_env() -> dict[str, str]:
     }
 
 
+def _celery_worker_ready(name: str):
+    """Ready when the worker answers a Celery ping addressed to it by name."""
+
+    def check() -> bool:
+        from controlplane.celery import app
+
+        try:
+            return bool(app.control.ping(destination=[name], timeout=1.0))
+        except Exception:
+            return False
+
+    return check
+
+
+def _heartbeat_ready(key: str, *, since: float):
+    """Ready when the service wrote its heartbeat key after ``since`` (unix time)."""
+
+    def check() -> bool:
+        from controlplane.redis import get_redis
+
+        try:
+            value = get_redis().get(key)
+        except Exception:
+            return False
+        return value is not None and float(value) >= since
+
+    return check
+
+
+def _node_reported(name: str, *, since: float):
+    """Ready when the control plane has a report from the node agent, newer than
+    ``since``: the agent runs, reaches the broker, and its reports are accepted."""
+
+    def check() -> bool:
+        import datetime as dt
+
+        from django.db import close_old_connections
+
+        from controlplane.fleet.models import Node
+
+        close_old_connections()
+        after = dt.datetime.fromtimestamp(since, tz=dt.UTC)
+        return Node.objects.filter(name=name, last_heartbeat__gte=after).exists()
+
+    return check
+
+
 def platform_services(*, host: str, port: int, gateway_port: int, control_plane_only: bool):
+    import socket
+    import time
+
     from django.conf import settings
 
+    from gateway import contract
     from workers.supervisor import Service, http_ready
 
     python = sys.executable
     env = _python_service_env()
+    started = time.time()
     services = [
         Service(
             "control-plane",
@@ -234,33 +345,47 @@ def platform_services(*, host: str, port: int, gateway_port: int, control_plane_
     ]  # fmt: skip
     if control_plane_only:
         return services
+    # A name of this run's own, so another platform's worker on a shared Redis cannot
+    # answer the readiness ping for it.
+    worker_name = f"local-{os.getpid()}@{socket.gethostname()}"
+    # The gateway needs Redis, the key pepper and its own settings; not the database.
+    gateway_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("GATEWAY_") or k in ("ALLOWED_INTERNAL_HOSTS", "PROMETHEUS_MULTIPROC_DIR")
+    }
     services += [
         Service(
             "gateway",
             [python, "-m", "gateway", "--host", host, "--port", str(gateway_port)],
-            env=env | {
+            env=env | gateway_env | {
+                "REDIS_URL": os.environ["REDIS_URL"],
                 "GATEWAY_WORKERS": os.environ.get("GATEWAY_WORKERS", "2"),
                 "API_KEY_PEPPER": settings.API_KEY_PEPPER.decode(),
             },
+            inherit_env=False,
             ready=http_ready(f"http://{host}:{gateway_port}/readyz"),
             detail=f"http://{host}:{gateway_port}/v1",
         ),
         Service(
             "worker",
             [python, "-m", "celery", "-A", "controlplane", "worker", "-Q", "default,fleet",
-             "--concurrency", "2", "--loglevel", "INFO", "-n", "worker@%h"],
+             "--concurrency", "2", "--loglevel", "INFO", "-n", worker_name],
             env=env,
+            ready=_celery_worker_ready(worker_name),
         ),
         Service(
             "beat",
             [python, "-m", "celery", "-A", "controlplane", "beat", "--loglevel", "INFO",
              "-s", str(settings.DATA_DIR / "celerybeat-schedule")],
             env=env,
+            ready=_heartbeat_ready(contract.HEARTBEAT_BEAT, since=started),
         ),
         Service(
             "usage-ledger",
             [python, str(ROOT / "manage.py"), "consume_usage", "--name", "local"],
             env=env,
+            ready=_heartbeat_ready(contract.HEARTBEAT_LEDGER + "local", since=started),
         ),
         Service(
             "node-agent",
@@ -270,7 +395,10 @@ def platform_services(*, host: str, port: int, gateway_port: int, control_plane_
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": str(ROOT),
                 "AGENT_BROKER_URL": os.environ["REDIS_URL"],
-                "AGENT_NODE_NAME": os.environ.get("AGENT_NODE_NAME", "local"),
+                "AGENT_NODE_NAME": local_node_name(),
+                # registered by bootstrap; reports from another address are refused
+                "AGENT_ADDRESS": LOCAL_NODE_ADDRESS,
+                "AGENT_NODE_SECRET_FILE": str(local_node_secret_file()),
                 "AGENT_POOL": LOCAL_POOL,
                 "AGENT_STATE_DIR": str(settings.DATA_DIR / "agent"),
                 "AGENT_MODEL_CACHE_DIR": str(settings.DATA_DIR / "models"),
@@ -279,6 +407,9 @@ def platform_services(*, host: str, port: int, gateway_port: int, control_plane_
                 # On a CPU host, skipping torch.compile halves the replicas' start time.
                 "AGENT_ENFORCE_EAGER": os.environ.get("AGENT_ENFORCE_EAGER", "true"),
             },
+            # Its own settings only: no database URL, secret key or admin password.
+            inherit_env=False,
+            ready=_node_reported(os.environ.get("AGENT_NODE_NAME", "local"), since=started),
             stop_timeout=60,
         ),
     ]  # fmt: skip

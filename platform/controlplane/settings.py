@@ -167,6 +167,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 1_048_576, minim
 # Ed25519 private key (PEM) that signs audit checkpoints. It must live outside the
 # database, so that whoever can rewrite the database cannot re-sign its tail.
 AUDIT_SIGNING_KEY = env_str("AUDIT_SIGNING_KEY")
+# Wherever a key is set, beat signs the chain's head this often (audit.checkpoint).
+AUDIT_CHECKPOINT_INTERVAL_SECONDS = env_int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300, minimum=10)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -223,6 +225,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Beat's scheduler writes a heartbeat to Redis as it ticks (readiness and liveness).
+CELERY_BEAT_SCHEDULER = "controlplane.celery:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE: dict = {
     "republish-gateway-snapshot": {
         "task": "controlplane.snapshot.republish",
@@ -235,3 +239,9 @@ CELERY_BEAT_SCHEDULE: dict = {
         "options": {"queue": "fleet", "expires": 4},
     },
 }
+if AUDIT_SIGNING_KEY:
+    CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
+        "task": "audit.checkpoint",
+        "schedule": float(AUDIT_CHECKPOINT_INTERVAL_SECONDS),
+        "options": {"queue": "default", "expires": AUDIT_CHECKPOINT_INTERVAL_SECONDS * 0.9},
+    }

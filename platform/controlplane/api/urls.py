@@ -18,6 +18,7 @@ from controlplane.fleet.api.views import (
     ArtifactFetchViewSet,
     DeploymentViewSet,
     NodeViewSet,
+    PlatformDeploymentViewSet,
     PoolViewSet,
     ReplicaViewSet,
 )
@@ -48,6 +49,7 @@ router.register(rf"{ORG}/deployments", DeploymentViewSet, basename="deployment")
 router.register(rf"{ORG}/replicas", ReplicaViewSet, basename="replica")
 router.register(r"fleet/pools", PoolViewSet, basename="pool")
 router.register(r"fleet/nodes", NodeViewSet, basename="node")
+router.register(r"fleet/deployments", PlatformDeploymentViewSet, basename="platform-deployment")
 router.register(r"fleet/artifact-fetches", ArtifactFetchViewSet, basename="artifact-fetch")
 router.register(r"models", ModelViewSet, basename="model")
 router.register(rf"{MODEL}/versions", ModelVersionViewSet, basename="model-version")

@@ -33,6 +33,7 @@ from controlplane.snapshot import publish_on_commit
 from controlplane.tenancy.actors import Actor
 from controlplane.tenancy.models import Organization
 from controlplane.tenancy.permissions import require
+from workers.safepath import UnsafePath, check_name
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -199,8 +200,18 @@ VERSION_FIELDS = {
 }
 
 
+def validate_version_name(value) -> str:
+    """A version name becomes a folder of the model cache: one safe path component."""
+    try:
+        return check_name(value, "version")
+    except UnsafePath as exc:
+        raise ValidationError({"version": str(exc)}) from None
+
+
 def _apply_version_fields(actor: Actor, version: ModelVersion, fields: dict) -> None:
     reject_unknown_fields(fields, VERSION_FIELDS)
+    if "version" in fields:
+        validate_version_name(fields["version"])
     if "engine_args" in fields:
         validate_engine_args(fields["engine_args"])
     if "file_manifest" in fields:
@@ -334,6 +345,9 @@ def delete_upstream(*, actor: Actor, upstream: Upstream) -> None:
 
 
 def routes_by_alias() -> dict[str, list[dict]]:
+    """Gateway routes of the catalog's upstreams, by model alias. Platform
+    administrators register them (outside providers, or servers run outside the fleet),
+    so they belong to the platform and serve every organization allowed the model."""
     routes: dict[str, list[dict]] = defaultdict(list)
     for upstream in Upstream.objects.filter(enabled=True).select_related("model"):
         routes[upstream.model.alias].append(
@@ -343,6 +357,8 @@ def routes_by_alias() -> dict[str, list[dict]]:
                 "api_key": decrypt_secret(upstream.api_key_encrypted),
                 "model": upstream.served_model_name,
                 "external": upstream.model.openness == Openness.OPEN_ACCESS,
+                "owner": None,
+                "orgs": None,
             }
         )
     return dict(routes)

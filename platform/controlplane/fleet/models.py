@@ -65,6 +65,13 @@ class Node(models.Model):
     generation_applied = models.BigIntegerField(default=0)
     generation_desired = models.BigIntegerField(default=0)
     desired_hash = models.CharField(max_length=64, blank=True)
+    # The secret the agent signs its reports with (HMAC), encrypted at rest like the
+    # replica keys (catalog/secrets.py): verifying an HMAC needs the secret itself.
+    credential_encrypted = models.TextField(blank=True, editable=False)
+    credential_issued_at = models.DateTimeField(null=True, blank=True, editable=False)
+    refused_reports = models.PositiveBigIntegerField(
+        default=0, editable=False, help_text="Reports refused (bad signature, address, ...)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     scope_org_path = "replicas__deployment__organization"
@@ -86,9 +93,29 @@ class Node(models.Model):
 
 
 class Deployment(models.Model):
+    """Capacity belongs to its owner. An organization's deployment serves only that
+    organization. A platform deployment (``organization`` empty, created by platform
+    administrators) serves the organizations it is shared with: every one when
+    ``shared_with_all``, else those in ``shared_with``; shared with none, it serves
+    nobody."""
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="deployments"
+        Organization,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="deployments",
+        help_text="The owner; empty for a platform deployment",
+    )
+    shared_with_all = models.BooleanField(
+        default=False, help_text="Platform deployment usable by every organization"
+    )
+    shared_with = models.ManyToManyField(
+        Organization,
+        blank=True,
+        related_name="shared_deployments",
+        help_text="Organizations a platform deployment serves (when not shared with all)",
     )
     name = models.CharField(max_length=50, validators=[slug_validator])
     model_version = models.ForeignKey(
@@ -124,11 +151,25 @@ class Deployment(models.Model):
     class Meta:
         ordering = ["organization", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "name"], name="deployment_unique_name")
+            models.UniqueConstraint(fields=["organization", "name"], name="deployment_unique_name"),
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(organization__isnull=True),
+                name="deployment_unique_platform_name",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(organization__isnull=True) | models.Q(shared_with_all=False),
+                name="deployment_only_platform_shared",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.organization.slug}/{self.name}"
+        owner = self.organization.slug if self.organization_id else "platform"
+        return f"{owner}/{self.name}"
+
+    @property
+    def is_platform(self) -> bool:
+        return self.organization_id is None
 
 
 class ReplicaState(models.TextChoices):

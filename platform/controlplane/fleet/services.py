@@ -1,5 +1,6 @@
 """Fleet mutations: pools and nodes (platform administrators), deployments
-(organization administrators), and the model-artifact bookkeeping. Same rules as every
+(organization administrators for their organization's, platform administrators for
+platform deployments and their sharing), and the model-artifact bookkeeping. Same rules as every
 service module: atomic, ``actor=``, audit event in the transaction, snapshot published
 and the reconciler woken on commit."""
 
@@ -250,6 +251,8 @@ def delete_node(*, actor: Actor, node: Node) -> None:
 
 
 # --------------------------------------------------------------------------- deployments
+#: Who a platform deployment serves; platform administrators only.
+SHARING_FIELDS = {"shared_with_all", "shared_with"}
 DEPLOYMENT_FIELDS = {
     "name",
     "model",
@@ -358,8 +361,16 @@ def trust_remote_code(version: ModelVersion) -> bool:
     return bool(version.trust_remote_code and version.trust_remote_code_approved_by_id)
 
 
-def _resolve_version(organization: Organization, alias, version_name) -> ModelVersion:
-    if not isinstance(alias, str) or alias not in usable_model_aliases(organization):
+def _resolve_version(organization: Organization | None, alias, version_name) -> ModelVersion:
+    """The catalog version to deploy. An organization deploys only models it may use; a
+    platform deployment may run any catalog model (sharing decides who uses it)."""
+    if organization is None:
+        if (
+            not isinstance(alias, str)
+            or not ModelVersion.objects.filter(model__alias=alias).exists()
+        ):
+            raise ValidationError({"model": f"{alias!r} is not a model in the catalog."})
+    elif not isinstance(alias, str) or alias not in usable_model_aliases(organization):
         raise ValidationError({"model": f"{alias!r} is not a model {organization.slug} may use."})
     versions = ModelVersion.objects.filter(model__alias=alias).select_related("model")
     version = (
@@ -402,8 +413,8 @@ def _validate_deployment(deployment: Deployment) -> None:
 
 def _check_quota(deployment: Deployment) -> None:
     quota = deployment.pool.org_gpu_quota
-    if quota is None:
-        return
+    if quota is None or deployment.organization_id is None:
+        return  # the quota is per organization; platform capacity is the platform's own
     # Serialise quota checks per pool so two concurrent requests cannot both fit.
     Pool.objects.select_for_update().filter(pk=deployment.pool_id).first()
     others = (
@@ -428,27 +439,73 @@ def _audit_values(deployment: Deployment) -> dict:
     return values
 
 
+def _sharing_values(deployment: Deployment) -> dict:
+    """Who a platform deployment serves, for the audit log (organization slugs)."""
+    if deployment.pk is None or deployment.organization_id is not None:
+        return {}
+    return {
+        "shared_with": sorted(deployment.shared_with.values_list("slug", flat=True)),
+    }
+
+
+def _check_sharing_fields(organization: Organization | None, fields: dict) -> None:
+    """Only platform deployments are shared, and only platform administrators share
+    (the permission check of a platform deployment already demands one)."""
+    if organization is not None:
+        reject_unknown_fields(
+            {k: v for k, v in fields.items() if k in SHARING_FIELDS},
+            (),
+            "Only a platform deployment is shared; an organization's deployment serves "
+            "only its organization.",
+        )
+
+
+def _validate_shared_with(value) -> list[Organization]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple | set):
+        raise ValidationError({"shared_with": "Must be a list of organizations."})
+    organizations = []
+    for item in value:
+        if isinstance(item, Organization):
+            organizations.append(item)
+            continue
+        found = Organization.objects.filter(slug=item).first() if isinstance(item, str) else None
+        if found is None:
+            raise ValidationError({"shared_with": f"No organization {item!r}."})
+        organizations.append(found)
+    return organizations
+
+
 @transaction.atomic
-def create_deployment(*, actor: Actor, organization: Organization, **fields) -> Deployment:
+def create_deployment(*, actor: Actor, organization: Organization | None, **fields) -> Deployment:
+    """An organization's deployment (``organization`` given: it serves that
+    organization only) or a platform deployment (``organization=None``, platform
+    administrators only: it serves the organizations it is shared with)."""
     require(actor, "deployment.change", organization)
-    reject_unknown_fields(fields, DEPLOYMENT_FIELDS)
+    reject_unknown_fields(fields, DEPLOYMENT_FIELDS | SHARING_FIELDS)
+    _check_sharing_fields(organization, fields)
     if "pool" not in fields:
         raise ValidationError({"pool": "This field is required."})
+    shared_with = _validate_shared_with(fields.pop("shared_with", None))
     name = fields.get("name")
     if Deployment.objects.filter(organization=organization, name=name).exists():
-        raise ValidationError({"name": f"{organization.slug} already has a deployment {name!r}."})
+        owner = organization.slug if organization is not None else "The platform"
+        raise ValidationError({"name": f"{owner} already has a deployment {name!r}."})
     version = _resolve_version(organization, fields.pop("model", None), fields.pop("version", None))
     deployment = Deployment(organization=organization, model_version=version, **fields)
     _validate_deployment(deployment)
     _check_quota(deployment)
     deployment.spec_hash = spec_hash(deployment)
     deployment.save()
+    if shared_with:
+        deployment.shared_with.set(shared_with)
     record_event(
         actor=actor,
         action="deployment.create",
         target=deployment,
-        organization_id=organization.pk,
-        changes=diff({}, _audit_values(deployment)),
+        organization_id=organization.pk if organization is not None else None,
+        changes=diff({}, {**_audit_values(deployment), **_sharing_values(deployment)}),
     )
     request_reconcile()
     return deployment
@@ -456,14 +513,20 @@ def create_deployment(*, actor: Actor, organization: Organization, **fields) -> 
 
 @transaction.atomic
 def update_deployment(*, actor: Actor, deployment: Deployment, **fields) -> Deployment:
-    """Scale (``replicas``) or change the spec (a rolling update)."""
+    """Scale (``replicas``), change the spec (a rolling update) or, for a platform
+    deployment, change who it serves (``shared_with_all``, ``shared_with``)."""
     require(actor, "deployment.change", deployment.organization)
     if "name" in fields and fields["name"] != deployment.name:
         raise ValidationError({"name": "A deployment's name cannot change."})
     fields.pop("name", None)
-    reject_unknown_fields(fields, DEPLOYMENT_FIELDS)
+    reject_unknown_fields(fields, DEPLOYMENT_FIELDS | SHARING_FIELDS)
+    _check_sharing_fields(deployment.organization, fields)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     before = _audit_values(deployment)
+    sharing_before = _sharing_values(deployment)
+    if "shared_with" in fields:
+        deployment.shared_with.set(_validate_shared_with(fields.pop("shared_with")))
+    sharing_changes = diff(sharing_before, _sharing_values(deployment))
     if "model" in fields or "version" in fields:
         alias = fields.pop("model", deployment.model_version.model.alias)
         version_name = fields.pop("version", None)
@@ -474,10 +537,14 @@ def update_deployment(*, actor: Actor, deployment: Deployment, **fields) -> Depl
     _check_quota(deployment)
     deployment.spec_hash = spec_hash(deployment)
     changes = diff(before, _audit_values(deployment))
-    if changes:
+    spec_changes = {k: v for k, v in changes.items() if k != "shared_with_all"}
+    if spec_changes:
         deployment.generation += 1
         changes["generation"] = [deployment.generation - 1, deployment.generation]
+    if changes:
         deployment.save()
+    changes.update(sharing_changes)
+    if changes:
         record_event(
             actor=actor,
             action="deployment.update",
@@ -485,7 +552,10 @@ def update_deployment(*, actor: Actor, deployment: Deployment, **fields) -> Depl
             organization_id=deployment.organization_id,
             changes=changes,
         )
-        request_reconcile()
+        if spec_changes:
+            request_reconcile()
+        if "shared_with_all" in changes or sharing_changes:
+            publish_on_commit()  # who may use its replicas changed
     return deployment
 
 
@@ -513,16 +583,30 @@ def _set_endpoint(replica: Replica, node: Node) -> None:
     replica.endpoint = f"http://{host}:{replica.port}" if replica.port else ""
 
 
+def route_access(deployment: Deployment) -> tuple[str | None, list[str] | None]:
+    """``(owner, orgs)`` of a deployment's routes (see ``contract.Route``): an
+    organization's deployment serves its owner only; a platform deployment serves every
+    organization (``None``) or the listed ones (possibly none)."""
+    if deployment.organization_id is not None:
+        owner = str(deployment.organization_id)
+        return owner, [owner]
+    if deployment.shared_with_all:
+        return None, None
+    return None, sorted(str(org.pk) for org in deployment.shared_with.all())
+
+
 def replica_routes() -> dict[str, list[contract.Route]]:
-    """Gateway routes of the READY replicas, by model alias."""
+    """Gateway routes of the READY replicas, by model alias, each saying who may use it."""
     routes: dict[str, list[contract.Route]] = {}
     replicas = (
         Replica.objects.filter(state=ReplicaState.READY, node__state__in=["ready", "cordoned"])
         .select_related("deployment__model_version__model")
+        .prefetch_related("deployment__shared_with")
         .order_by("id")
     )
     for replica in replicas:
         alias = replica.deployment.model_version.model.alias
+        owner, orgs = route_access(replica.deployment)
         routes.setdefault(alias, []).append(
             {
                 "id": str(replica.pk),
@@ -530,6 +614,8 @@ def replica_routes() -> dict[str, list[contract.Route]]:
                 "api_key": decrypt_secret(replica.api_key_encrypted),
                 "model": alias,
                 "external": False,
+                "owner": owner,
+                "orgs": orgs,
             }
         )
     return routes
@@ -537,7 +623,14 @@ def replica_routes() -> dict[str, list[contract.Route]]:
 
 # --------------------------------------------------------------------------- artifacts
 def cache_path_for(version: ModelVersion) -> Path:
-    return model_cache_dir() / version.model.alias / f"{version.version}-{str(version.pk)[:8]}"
+    """The version's folder in the model cache; proven to stay inside the cache."""
+    from workers.safepath import UnsafePath, check_name, path_within
+
+    try:
+        name = check_name(version.version, "version")
+        return path_within(model_cache_dir(), version.model.alias, f"{name}-{str(version.pk)[:8]}")
+    except UnsafePath as exc:
+        raise ValidationError({"version": str(exc)}) from None
 
 
 @transaction.atomic

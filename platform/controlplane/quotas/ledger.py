@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis
@@ -51,6 +52,8 @@ def _record(event: dict) -> UsageRecord:
         model=str(event.get("model") or "")[:64],
         endpoint=str(event.get("endpoint") or "")[:32],
         replica=str(event.get("replica") or "")[:64],
+        # Absent from events older than the field; not a uuid: a ValueError (dead letter).
+        owner_id=uuid.UUID(str(event["owner"])) if event.get("owner") else None,
         status=int(event["status"]),
         prompt_tokens=max(0, int(event.get("prompt_tokens") or 0)),
         completion_tokens=max(0, int(event.get("completion_tokens") or 0)),
@@ -153,6 +156,9 @@ class LedgerConsumer:
         log.info("usage ledger consumer %s started", self.name)
         while not self._stopping:
             try:
+                self.client.set(
+                    contract.HEARTBEAT_LEDGER + self.name, time.time(), ex=contract.HEARTBEAT_TTL
+                )
                 result = self.run_once()
             except redis.ConnectionError as exc:
                 log.warning("Redis unreachable (%s); retrying", exc)

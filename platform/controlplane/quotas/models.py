@@ -93,6 +93,13 @@ class UsageRecord(models.Model):
     model = models.CharField(max_length=64, db_index=True)
     endpoint = models.CharField(max_length=32)
     replica = models.CharField(max_length=64, blank=True)
+    owner_id = models.UUIDField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="Organization owning the deployment that served it; empty for platform "
+        "capacity, an external provider or no upstream at all",
+    )
     status = models.PositiveSmallIntegerField()
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)

@@ -5,6 +5,7 @@ from rest_framework import serializers
 from controlplane.api.base import StrictModelSerializer, StrictSerializer
 from controlplane.catalog.models import Dtype, Quantization
 from controlplane.fleet.models import ArtifactFetch, Deployment, Node, Pool, Replica
+from controlplane.tenancy.models import Organization
 
 
 class _LabelValue(serializers.CharField):
@@ -73,6 +74,8 @@ class NodeSerializer(StrictModelSerializer):
             "generation_applied",
             "generation_desired",
             "replicas",
+            "credential_issued_at",
+            "refused_reports",
             "created_at",
         ]
         read_only_fields = [
@@ -84,11 +87,32 @@ class NodeSerializer(StrictModelSerializer):
             "generation_applied",
             "generation_desired",
             "replicas",
+            "credential_issued_at",
+            "refused_reports",
             "created_at",
         ]
+        extra_kwargs = {
+            "address": {"help_text": "Where the gateway reaches the node's replicas; "
+                        "reports never change it"}
+        }  # fmt: skip
 
     def get_replicas(self, node) -> int:
         return node.replicas.count()
+
+
+class NodeRegisterSerializer(NodeSerializer):
+    class Meta(NodeSerializer.Meta):
+        extra_kwargs = {"address": {"required": True, "allow_blank": False}}
+
+
+class NodeCredentialSerializer(NodeSerializer):
+    """A node with its credential: the secret its agent signs reports with
+    (``AGENT_NODE_SECRET``), shown only in this response."""
+
+    credential = serializers.CharField(read_only=True)
+
+    class Meta(NodeSerializer.Meta):
+        fields = [*NodeSerializer.Meta.fields, "credential"]
 
 
 class NodeUpdateSerializer(NodeSerializer):
@@ -163,6 +187,45 @@ class DeploymentUpdateSerializer(DeploymentSerializer):
     )
 
     class Meta(DeploymentSerializer.Meta):
+        read_only_fields = [*DeploymentSerializer.Meta.read_only_fields, "name"]
+
+
+_SHARING_HELP = (
+    "Slugs of the organizations this platform deployment serves (ignored while "
+    "shared_with_all is true)"
+)
+
+
+class PlatformDeploymentSerializer(DeploymentSerializer):
+    """A platform deployment: the platform's capacity, shared with every organization
+    (``shared_with_all``) or the listed ones (``shared_with``); shared with none, it
+    serves nobody."""
+
+    model = _ModelAliasField(max_length=64, help_text="Alias of a catalog model")
+    shared_with = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=Organization.objects.all(),
+        many=True,
+        required=False,
+        help_text=_SHARING_HELP,
+    )
+
+    class Meta(DeploymentSerializer.Meta):
+        fields = [
+            *DeploymentSerializer.Meta.fields[:2],
+            "shared_with_all",
+            "shared_with",
+            *DeploymentSerializer.Meta.fields[2:],
+        ]
+
+
+class PlatformDeploymentUpdateSerializer(PlatformDeploymentSerializer):
+    model = _ModelAliasField(max_length=64, required=False)
+    pool = serializers.SlugRelatedField(
+        slug_field="name", queryset=Pool.objects.all(), required=False
+    )
+
+    class Meta(PlatformDeploymentSerializer.Meta):
         read_only_fields = [*DeploymentSerializer.Meta.read_only_fields, "name"]
 
 

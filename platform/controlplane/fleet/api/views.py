@@ -9,7 +9,7 @@ from rest_framework.response import Response
 
 from controlplane.api.base import ActorMixin, OrganizationScopedViewSet
 from controlplane.catalog.models import ModelVersion
-from controlplane.fleet import services
+from controlplane.fleet import node_auth, services
 from controlplane.fleet.api import serializers as s
 from controlplane.fleet.models import ArtifactFetch, Deployment, Node, Pool, Replica
 
@@ -56,8 +56,9 @@ class PoolViewSet(_PlatformAdminViewSet, mixins.ListModelMixin, mixins.RetrieveM
 
 
 class NodeViewSet(_PlatformAdminViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
-    """GPU hosts. Agents register them by reporting; administrators may register them
-    ahead, label, move, cordon (no new replicas) and delete them."""
+    """GPU hosts. Administrators register them (which issues the credential their agent
+    signs its reports with, shown once), rotate that credential, label, move, cordon
+    (no new replicas) and delete them. Reports of unregistered nodes are refused."""
 
     lookup_field = "name"
     serializer_class = s.NodeSerializer
@@ -67,11 +68,23 @@ class NodeViewSet(_PlatformAdminViewSet, mixins.ListModelMixin, mixins.RetrieveM
     def get_queryset(self):
         return Node.objects.select_related("pool")
 
+    @extend_schema(request=s.NodeRegisterSerializer, responses={201: s.NodeCredentialSerializer})
     def create(self, request):
-        serializer = self.get_serializer(data=request.data)
+        serializer = s.NodeRegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        node = services.create_node(actor=self.actor, **serializer.validated_data)
-        return Response(self.get_serializer(node).data, status=status.HTTP_201_CREATED)
+        node, secret = node_auth.register_node(actor=self.actor, **serializer.validated_data)
+        node.credential = secret
+        return Response(s.NodeCredentialSerializer(node).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.NodeCredentialSerializer)
+    @action(detail=True, methods=["post"], url_path="rotate-credential")
+    def rotate_credential(self, request, name=None):
+        """A new credential for the node's agent; the previous one stops working."""
+        node = self.get_object()
+        secret = node_auth.rotate_node_credential(actor=self.actor, node=node)
+        node.refresh_from_db()
+        node.credential = secret
+        return Response(s.NodeCredentialSerializer(node).data)
 
     @extend_schema(request=s.NodeUpdateSerializer, responses=s.NodeSerializer)
     def partial_update(self, request, name=None):
@@ -165,6 +178,54 @@ class DeploymentViewSet(
         return Response(self.get_serializer(self.get_queryset().get(pk=deployment.pk)).data)
 
     def destroy(self, request, org_slug=None, pk=None):
+        services.delete_deployment(actor=self.actor, deployment=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PlatformDeploymentViewSet(
+    _PlatformAdminViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin
+):
+    """Platform deployments: capacity the platform runs and shares with every
+    organization (``shared_with_all``) or a listed set (``shared_with``). An
+    organization's own deployments (under its path) serve only that organization."""
+
+    serializer_class = s.PlatformDeploymentSerializer
+    filterset_fields = ["name", "shared_with_all"]
+    ordering_fields = ["name", "created_at"]
+
+    def get_queryset(self):
+        return (
+            Deployment.objects.filter(organization__isnull=True)
+            .select_related("model_version__model", "pool")
+            .prefetch_related("replica_set", "shared_with")
+        )
+
+    def create(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = services.create_deployment(
+            actor=self.actor, organization=None, **serializer.validated_data
+        )
+        return Response(
+            self.get_serializer(self.get_queryset().get(pk=deployment.pk)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(
+        request=s.PlatformDeploymentUpdateSerializer, responses=s.PlatformDeploymentSerializer
+    )
+    def partial_update(self, request, pk=None):
+        deployment = self.get_object()
+        serializer = s.PlatformDeploymentUpdateSerializer(
+            deployment, data=request.data, partial=True
+        )
+        serializer.is_valid(raise_exception=True)
+        services.update_deployment(
+            actor=self.actor, deployment=deployment, **serializer.validated_data
+        )
+        return Response(self.get_serializer(self.get_queryset().get(pk=deployment.pk)).data)
+
+    def destroy(self, request, pk=None):
         services.delete_deployment(actor=self.actor, deployment=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 

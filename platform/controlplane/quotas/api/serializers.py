@@ -53,6 +53,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "model",
             "endpoint",
             "replica",
+            "owner_id",
             "status",
             "prompt_tokens",
             "completion_tokens",
