@@ -10,6 +10,14 @@ def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
+def _platform_administrators_only(request) -> bool:
+    """The Django admin lists every organization's rows, so it is for platform
+    administrators only; organization roles work through the REST API, which scopes."""
+    return request.user.is_active and request.user.is_superuser
+
+
+admin.site.has_permission = _platform_administrators_only
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
