@@ -369,8 +369,10 @@ def platform_services(*, host: str, port: int, gateway_port: int, control_plane_
         ),
         Service(
             "worker",
-            [python, "-m", "celery", "-A", "controlplane", "worker", "-Q", "default,fleet",
-             "--concurrency", "2", "--loglevel", "INFO", "-n", worker_name],
+            # One worker takes every queue here; Kubernetes runs "artifacts" apart.
+            [python, "-m", "celery", "-A", "controlplane", "worker",
+             "-Q", "default,fleet,artifacts", "--concurrency", "2", "--loglevel", "INFO",
+             "-n", worker_name],
             env=env,
             ready=_celery_worker_ready(worker_name),
         ),

@@ -71,6 +71,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: probes and scrapes come by pod IP, which host validation would refuse.
+    "controlplane.probes.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -225,6 +227,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis hands an unacknowledged task (acks are late) to another worker after this long;
+# it must exceed the longest task, an artifact fetch of a large model on queue
+# "artifacts", or the download would run twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_BROKER_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)
+}
+# Long downloads have their own queue so they never hold up node reports on "fleet".
+CELERY_TASK_ROUTES = {"fleet.fetch_artifact": {"queue": "artifacts"}}
 # Beat's scheduler writes a heartbeat to Redis as it ticks (readiness and liveness).
 CELERY_BEAT_SCHEDULER = "controlplane.celery:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE: dict = {

@@ -46,6 +46,10 @@ class Reporter:
         self._thread: threading.Thread | None = None
         self.reports_sent = 0
         self.last_error: str = ""
+        # The last report that went out and when (time.monotonic()): the agent's own
+        # /healthz and /metrics read them.
+        self.last_report: NodeReport | None = None
+        self.last_sent_at: float | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="agent-reporter", daemon=True)
@@ -99,6 +103,8 @@ class Reporter:
             return False
         with self._lock:
             self._sent = max(self._sent, ticket)
+            self.last_report = report
+            self.last_sent_at = time.monotonic()
         self.reports_sent += 1
         return True
 

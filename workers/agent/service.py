@@ -21,6 +21,7 @@ from typing import Any
 from celery.signals import worker_ready
 
 from workers.agent.celery_app import create_celery_app, send_node_report
+from workers.agent.http import AgentHttpServer, AgentStatus
 from workers.agent.inventory import discover_inventory, load_nvml
 from workers.agent.reporter import Reporter
 from workers.agent.settings import AgentSettings
@@ -85,6 +86,18 @@ class Agent:
             base_env=base_env,
             on_fatal=self._supervisor_died,
         )
+        self.http: AgentHttpServer | None = None
+        if settings.http_port is not None:
+            self.http = AgentHttpServer(
+                settings.http_host,
+                settings.http_port,
+                AgentStatus(
+                    node=settings.node_name,
+                    heartbeat_seconds=settings.heartbeat_seconds,
+                    loop_alive=self.supervisor.alive,
+                    last_report=lambda: (self.reporter.last_report, self.reporter.last_sent_at),
+                ),
+            )
         self._started = False
         # SIGTERM/SIGINT caught while starting, before the Celery worker handles them
         self.early_signals: list[int] = []
@@ -102,6 +115,8 @@ class Agent:
         )
         self.supervisor.start()
         self.reporter.start()
+        if self.http is not None:
+            self.http.start()
         self._started = True
 
     def run_worker(self) -> None:
@@ -141,6 +156,8 @@ class Agent:
         )
         self.supervisor.stop(stop_replicas=stop_replicas)
         self.reporter.stop(final_report=True)
+        if self.http is not None:
+            self.http.stop()
         self._started = False
 
     def receive_desired_state(self, message: dict) -> dict:

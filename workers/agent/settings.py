@@ -69,6 +69,8 @@ class AgentSettings:
     restart_backoff_max_seconds: float = 300.0
     backoff_reset_after_seconds: float = 600.0
     log_level: str = "INFO"
+    http_port: int | None = None  # /healthz and /metrics of the agent itself; None: off
+    http_host: str = "127.0.0.1"
 
     @property
     def queue(self) -> str:
@@ -251,7 +253,16 @@ class _Reader:
                 "AGENT_BACKOFF_RESET_AFTER_SECONDS", 600.0, minimum=1, maximum=86400
             ),
             log_level=self.get("AGENT_LOG_LEVEL", "INFO", _parse_log_level),
+            http_port=self.get("AGENT_HTTP_PORT", None, _parse_port),
+            http_host=self.get("AGENT_HTTP_HOST", "127.0.0.1", _parse_host),
         )
+        if settings.http_port is not None and (
+            port_range[0] <= settings.http_port <= port_range[1]
+        ):
+            self.problems.append(
+                f"AGENT_HTTP_PORT={settings.http_port}: inside AGENT_PORT_RANGE, where "
+                "replicas listen"
+            )
         if self.problems:
             raise SettingsError(self.problems)
         return settings
@@ -328,6 +339,13 @@ def _parse_port_range(text: str) -> tuple[int, int]:
     if not 1024 <= low <= high <= 65535:
         raise ValueError("ports must satisfy 1024 <= FIRST <= LAST <= 65535")
     return low, high
+
+
+def _parse_port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError("must be a port number between 1 and 65535")
+    return port
 
 
 def _parse_command(text: str) -> tuple[str, ...]:

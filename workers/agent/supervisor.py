@@ -131,6 +131,20 @@ class Supervisor:
         future = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop)
         return future.result(timeout)
 
+    def alive(self, timeout: float = 5) -> bool:
+        """Whether the loop runs and answers within `timeout` (a liveness probe)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return False
+
+        async def noop() -> bool:
+            return True
+
+        try:
+            return asyncio.run_coroutine_threadsafe(noop(), loop).result(timeout)
+        except Exception:
+            return False
+
     def stop(self, *, stop_replicas: bool, timeout: float | None = None) -> None:
         """Stop supervising. With `stop_replicas`, drain and stop every replica first;
         without, leave them running (recorded in the state file) for the next agent."""

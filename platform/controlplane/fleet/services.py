@@ -662,7 +662,7 @@ def start_fetch(*, actor: Actor, version: ModelVersion, node: Node | None = None
         from controlplane.fleet.tasks import fetch_artifact
 
         try:
-            fetch_artifact.apply_async(args=[str(fetch.pk)], queue="fleet")
+            fetch_artifact.apply_async(args=[str(fetch.pk)], queue="artifacts")
         except Exception:
             log.exception("could not enqueue artifact fetch %s", fetch.pk)
 

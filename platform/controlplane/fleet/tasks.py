@@ -1,4 +1,5 @@
-"""Celery tasks of the fleet (queue ``fleet``). Thin: the work is in ``reconciler``
+"""Celery tasks of the fleet (queue ``fleet``; artifact fetches on ``artifacts``, so a
+long download never holds up node reports). Thin: the work is in ``reconciler``
 and ``artifacts``; every task is idempotent and takes ids or plain JSON."""
 
 from __future__ import annotations
