@@ -231,6 +231,35 @@ def test_a_report_never_changes_the_registered_address(clients, pool):
     assert tasks.node_report(again) == "applied"
 
 
+def test_a_node_in_a_pod_network_moves_only_within_it(clients, pool):
+    """A Kubernetes agent pod gets a new IP when it restarts: an address network
+    registered by the administrator lets the node's own signed reports move the address
+    inside it (audited, routes follow); outside it, or signed by anyone else, nothing."""
+    response = clients["platform_admin"].post(
+        NODES,
+        {"name": "k8s-1", "pool": "gpu", "address": "10.244.3.7",
+         "address_network": "10.244.3.0/24"},
+        format="json",
+    )  # fmt: skip
+    assert response.status_code == 201, response.json()
+    secret = response.json()["credential"]
+    moved = signed(report("k8s-1", sign=False, address="10.244.3.9"), secret)
+    assert tasks.node_report(moved) == "applied"
+    node = Node.objects.get(name="k8s-1")
+    assert node.address == "10.244.3.9"
+    move = AuditEvent.objects.get(action="node.address_move", target_id=str(node.pk))
+    assert move.changes["address"] == ["10.244.3.7", "10.244.3.9"]
+    outside = signed(report("k8s-1", sign=False, address="10.9.9.9"), secret)
+    assert tasks.node_report(outside) == "refused: address_changed"
+    forged = signed(report("k8s-1", sign=False, address="10.244.3.66"), "not-the-secret")
+    assert tasks.node_report(forged) == "refused: bad_signature"
+    assert Node.objects.get(name="k8s-1").address == "10.244.3.9"
+    bad = clients["platform_admin"].patch(
+        NODES + "k8s-1/", {"address_network": "10.244.3.0/33"}, format="json"
+    )
+    assert bad.status_code == 400 and "address_network" in bad.json()["error"]["fields"]
+
+
 def test_a_replayed_report_is_stale(pool):
     _, secret = register("gpu-1")
     first = signed(report(sign=False, sent_at=time.time()), secret)

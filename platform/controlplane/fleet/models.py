@@ -3,8 +3,10 @@ replicas (one vLLM server each, placed on a node's GPUs by the reconciler)."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
@@ -49,11 +51,36 @@ class NodeState(models.TextChoices):
     CORDONED = "cordoned", "Cordoned"
 
 
+def validate_address_network(value: str) -> None:
+    """A CIDR network (``10.244.3.0/24``); a lone address is a /32 (or /128)."""
+    if not value:
+        return
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(f"{value!r} is not a CIDR network such as 10.244.3.0/24.") from None
+
+
+def address_in_network(address: str, network: str) -> bool:
+    if not network:
+        return False
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return False
+
+
 class Node(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=64, unique=True, validators=[alias_validator])
     pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="nodes")
     address = models.CharField(max_length=255, blank=True)
+    # Where a pod network gives the agent a new address on each restart (Kubernetes):
+    # a report signed with the node's own secret may move ``address`` within this CIDR.
+    # Empty: reports never move the address.
+    address_network = models.CharField(
+        max_length=64, blank=True, validators=[validate_address_network]
+    )
     labels = models.JSONField(default=dict, blank=True, help_text="Set by administrators")
     reported_labels = models.JSONField(default=dict, blank=True, help_text="Set by the agent")
     state = models.CharField(max_length=8, choices=NodeState.choices, default=NodeState.LOST)

@@ -8,10 +8,13 @@ keys (``catalog/secrets.py``): a database dump alone does not reveal it.
 
 A report is refused, changing nothing, when it is unsigned, its signature does not
 verify with its signer's secret, its signer names another node, its node is unknown
-or has no credential, or it reports another address than the registered one (a report
-never changes a node's address). Each refusal counts in ``Node.refused_reports`` and
-is audited as ``fleet.node.report_refused`` with its reason, at most once per node
-and reason every ``FLEET_REFUSED_REPORT_AUDIT_SECONDS`` (a flood does not grow the log).
+or has no credential, or it reports another address than the registered one. Only
+where an administrator registered an address network for the node (a pod network,
+whose agent gets a new IP on each restart) may a report signed with the node's own
+secret move its address, within that network, audited as ``node.address_move``.
+Each refusal counts in ``Node.refused_reports`` and is audited as
+``fleet.node.report_refused`` with its reason, at most once per node and reason
+every ``FLEET_REFUSED_REPORT_AUDIT_SECONDS`` (a flood does not grow the log).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from controlplane.audit.services import record_event
 from controlplane.catalog.secrets import decrypt_secret, encrypt_secret
 from controlplane.env import env_int
 from controlplane.fleet import services as fleet_services
-from controlplane.fleet.models import Node
+from controlplane.fleet.models import Node, address_in_network
 from controlplane.tenancy.actors import Actor
 from controlplane.tenancy.permissions import require
 from gateway import contract
@@ -53,7 +56,8 @@ REASONS = {
     WRONG_NODE: "the report names another node than the one that signed it",
     UNKNOWN_NODE: "no node of that name is registered",
     NO_CREDENTIAL: "the node has no credential (rotate it to issue one)",
-    ADDRESS_CHANGED: "the report's address is not the node's registered address",
+    ADDRESS_CHANGED: "the report's address is not the node's registered address "
+    "(nor inside its registered address network)",
 }
 #: Refusals of unknown names share one audit bucket: their names are the sender's choice.
 _UNKNOWN_BUCKET = "(unknown)"
@@ -86,7 +90,13 @@ def write_secret_file(path: Path, secret: str) -> None:
 
 @transaction.atomic
 def register_node(
-    *, actor: Actor, name: str, pool, address: str, labels: dict | None = None
+    *,
+    actor: Actor,
+    name: str,
+    pool,
+    address: str,
+    labels: dict | None = None,
+    address_network: str = "",
 ) -> tuple[Node, str]:
     """Register a node and issue its credential; returns (node, secret). The secret is
     shown to the caller once: only an encrypted copy is kept."""
@@ -96,6 +106,8 @@ def register_node(
             {"address": "A node is registered with the address the gateway reaches it at."}
         )
     fields = {"name": name, "pool": pool, "address": address}
+    if address_network:
+        fields["address_network"] = address_network
     if labels is not None:
         fields["labels"] = labels
     node = fleet_services.create_node(actor=actor, **fields)
@@ -144,7 +156,9 @@ def check_report(report: dict, node: Node | None) -> tuple[str | None, Node | No
         return BAD_SIGNATURE, signer
     if node is None or signer.pk != node.pk:
         return WRONG_NODE, signer
-    if report["address"] != node.address:
+    if report["address"] != node.address and not address_in_network(
+        report["address"], node.address_network
+    ):
         return ADDRESS_CHANGED, node
     return None, node
 

@@ -310,7 +310,7 @@ def _place_pending(now: dt.datetime) -> None:
             replica.memory_mib = assignment.memory_mib
             replica.port = port
             replica.api_key_encrypted = encrypt_secret(secrets.token_urlsafe(32))
-            fleet_services._set_endpoint(replica, node)
+            fleet_services.set_replica_endpoint(replica, node)
             replica.placement_reason = ""
             _set_state(replica, ReplicaState.PLACED, now)
             replica.save()
@@ -469,6 +469,20 @@ def _validate_report(report) -> None:
             raise BadReport("every replica report needs an id")
 
 
+def _move_node_address(node: Node, address: str) -> None:
+    record_event(
+        actor=RECONCILER,
+        action="node.address_move",
+        target=node,
+        changes={"address": [node.address, address]},
+    )
+    node.address = address
+    for replica in node.replicas.all():
+        fleet_services.set_replica_endpoint(replica, node)
+        replica.save(update_fields=["endpoint"])
+    publish_on_commit()
+
+
 def handle_node_report(report, now: dt.datetime | None = None) -> str:
     """Apply one agent report; returns what happened (for logs and tests). Only a
     report signed by the registered node it names, from the node's registered address,
@@ -489,6 +503,10 @@ def handle_node_report(report, now: dt.datetime | None = None) -> str:
         if report["sent_at"] <= node.last_report_sent_at:
             return "stale"
         before = _ready_set()
+        if report["address"] != node.address:
+            # Signed by the node itself and inside the network an administrator
+            # registered for it (node_auth): a pod that came back with a new IP.
+            _move_node_address(node, report["address"])
         node.last_report_sent_at = float(report["sent_at"])
         node.last_heartbeat = now
         node.reported_labels = {
@@ -535,7 +553,7 @@ def handle_node_report(report, now: dt.datetime | None = None) -> str:
                 log.warning(
                     "replica %s reports port %s, not %s", replica.pk, item["port"], replica.port
                 )
-            fleet_services._set_endpoint(replica, node)
+            fleet_services.set_replica_endpoint(replica, node)
             replica.save()
         _resend_if_agent_lost_replicas(node, reported)
         _announce_route_changes(before, _ready_set())

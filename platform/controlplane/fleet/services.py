@@ -155,7 +155,7 @@ def delete_pool(*, actor: Actor, pool: Pool) -> None:
 
 
 # --------------------------------------------------------------------------- nodes
-NODE_FIELDS = {"name", "pool", "address", "labels"}
+NODE_FIELDS = {"name", "pool", "address", "address_network", "labels"}
 
 
 @transaction.atomic
@@ -182,14 +182,14 @@ def update_node(*, actor: Actor, node: Node, **fields) -> Node:
     if "name" in fields and fields["name"] != node.name:
         raise ValidationError({"name": "A node's name cannot change; its agent reports it."})
     fields.pop("name", None)
-    reject_unknown_fields(fields, {"pool", "address", "labels"})
+    reject_unknown_fields(fields, {"pool", "address", "address_network", "labels"})
     if "labels" in fields:
         fields["labels"] = validate_labels(fields["labels"], "labels")
     if "pool" in fields and fields["pool"] != node.pool and _active_replicas(node).exists():
         raise ValidationError(
             {"pool": "The node still runs replicas; cordon it and scale them away first."}
         )
-    keys = {"pool", "address", "labels"} & set(fields)
+    keys = {"pool", "address", "address_network", "labels"} & set(fields)
     before = field_values(node, keys)
     for name, value in fields.items():
         setattr(node, name, value)
@@ -200,7 +200,7 @@ def update_node(*, actor: Actor, node: Node, **fields) -> Node:
         record_event(actor=actor, action="node.update", target=node, changes=changes)
         if "address" in changes:
             for replica in node.replicas.all():
-                _set_endpoint(replica, node)
+                set_replica_endpoint(replica, node)
                 replica.save(update_fields=["endpoint"])
             publish_on_commit()
         request_reconcile()
@@ -576,7 +576,7 @@ def delete_deployment(*, actor: Actor, deployment: Deployment) -> None:
 
 
 # --------------------------------------------------------------------------- routes
-def _set_endpoint(replica: Replica, node: Node) -> None:
+def set_replica_endpoint(replica: Replica, node: Node) -> None:
     host = node.address or node.name
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # IPv6 literal

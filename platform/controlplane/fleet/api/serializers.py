@@ -64,6 +64,7 @@ class NodeSerializer(StrictModelSerializer):
             "name",
             "pool",
             "address",
+            "address_network",
             "labels",
             "reported_labels",
             "state",
@@ -93,7 +94,10 @@ class NodeSerializer(StrictModelSerializer):
         ]
         extra_kwargs = {
             "address": {"help_text": "Where the gateway reaches the node's replicas; "
-                        "reports never change it"}
+                        "reports never change it, unless inside address_network"},
+            "address_network": {"help_text": "CIDR (e.g. the pod network of a Kubernetes "
+                                "node) within which reports signed by this node may move "
+                                "its address; empty: never"},
         }  # fmt: skip
 
     def get_replicas(self, node) -> int:

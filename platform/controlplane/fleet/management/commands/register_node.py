@@ -36,6 +36,12 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--pool", required=True)
         parser.add_argument("--address", required=True, help="Where the gateway reaches it")
+        parser.add_argument(
+            "--address-network",
+            default="",
+            help="CIDR within which the node's own signed reports may move its address "
+            "(a Kubernetes node's pod network: agent pods get a new IP on restart)",
+        )
         parser.add_argument("--label", action="append", default=[], help="key=value")
         parser.add_argument("--secret-file", help="Write the secret here instead of printing it")
 
@@ -55,6 +61,7 @@ class Command(BaseCommand):
                 name=options["name"],
                 pool=pool,
                 address=options["address"],
+                address_network=options["address_network"],
                 labels=labels,
             )
         except ValidationError as error:
