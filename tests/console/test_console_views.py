@@ -114,7 +114,7 @@ def test_post_without_csrf_token_is_refused(world):
     assert ApiKey.objects.count() == before
 
 
-def test_sign_in_and_out(world):
+def test_sign_in_and_out(world, r):  # noqa: F811 (r: a clean throttle)
     client = Client(enforce_csrf_checks=True)
     page = client.get(SIGNIN)
     token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page.content).group(1)
@@ -291,3 +291,15 @@ def test_vendored_files_match_their_record():
     assert finders.find("django_htmx/htmx-2.min.js")
     base = (CONSOLE / "templates/console/base.html").read_text()
     assert "django_htmx/htmx-2.min.js" in base
+
+
+def test_sign_in_is_throttled_per_user_and_address(world, r):  # noqa: F811
+    client = Client()
+    for _ in range(5):
+        bad = client.post(SIGNIN, {"username": "alice", "password": "wrong"})
+        assert bad.status_code == 200
+    refused = client.post(SIGNIN, {"username": "alice", "password": "pw-alice"})
+    assert refused.status_code == 429 and b"Too many failed attempts" in refused.content
+    assert client.get("/console/o/org-a/").status_code == 302  # not signed in
+    # Another user name from the same address is not locked out.
+    assert client.post(SIGNIN, {"username": "bob", "password": "pw-bob"}).status_code == 302

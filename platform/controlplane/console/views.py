@@ -7,7 +7,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import functools
+import hashlib
+import logging
 
+import redis
 from django.contrib.auth import views as auth_views
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -22,24 +25,64 @@ from controlplane.catalog.models import OrganizationModelAccess
 from controlplane.fleet.models import Deployment
 from controlplane.quotas import summary
 from controlplane.quotas.api.serializers import UsageSummaryQuerySerializer
+from controlplane.redis import get_redis
 from controlplane.tenancy import services as tenancy_services
 from controlplane.tenancy.actors import Actor
 from controlplane.tenancy.models import ApiKey, Organization, Team
 from gateway.contract import SCOPES
 
 KEYS_PER_PAGE = 50
+log = logging.getLogger(__name__)
 
 
 def root(request):
     return redirect("console:home")
 
 
+SIGNIN_FAILURES_ALLOWED = 5
+SIGNIN_WINDOW_SECONDS = 15 * 60
+
+
+def _signin_failures_key(request) -> str:
+    username = request.POST.get("username", "")[:150].lower()
+    who = f"{username}\n{request.META.get('REMOTE_ADDR', '')}"
+    return "console:signin-failures:" + hashlib.sha256(who.encode()).hexdigest()
+
+
 class SignInView(auth_views.LoginView):
+    """Sign-in, throttled: after 5 failures for one user name from one address within
+    15 minutes, further attempts are refused (429) until the window passes."""
+
     template_name = "console/signin.html"
     redirect_authenticated_user = True
 
     def get_default_redirect_url(self):
         return reverse("console:home")
+
+    def post(self, request, *args, **kwargs):
+        try:
+            failures = int(get_redis().get(_signin_failures_key(request)) or 0)
+        except redis.RedisError as exc:
+            # Without Redis no attempt is counted; sign-in itself must keep working.
+            log.warning("sign-in throttle unavailable: %s", exc)
+            failures = 0
+        if failures >= SIGNIN_FAILURES_ALLOWED:
+            form = self.get_form()
+            form.errors.clear()
+            form.add_error(None, "Too many failed attempts; try again in 15 minutes.")
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form):
+        key = _signin_failures_key(self.request)
+        try:
+            pipe = get_redis().pipeline()
+            pipe.incr(key)
+            pipe.expire(key, SIGNIN_WINDOW_SECONDS, nx=True)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("sign-in throttle unavailable: %s", exc)
+        return super().form_invalid(form)
 
 
 class SignOutView(auth_views.LogoutView):

@@ -13,6 +13,7 @@ from controlplane.quotas.rollup import record_usage
 from django.utils import timezone
 
 from tests.console.browser.conftest import screenshot
+from tests.controlplane.test_usage_rollup import r  # noqa: F401 (a clean sign-in throttle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -47,7 +48,7 @@ def sign_in(page, base, username):
     page.wait_for_url(re.compile(r".*/console/.*"))
 
 
-def test_owner_and_viewer_flow(world, live_server, browser_page):
+def test_owner_and_viewer_flow(world, r, live_server, browser_page):  # noqa: F811
     page, base = browser_page, live_server.url
     total_tokens = seed_usage(world.org_a.pk)
 
