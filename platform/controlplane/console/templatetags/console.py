@@ -30,3 +30,15 @@ def key_state(key, now=None) -> str:
     if key.expires_at and key.expires_at <= now:
         return "expired"
     return "active"
+
+
+@register.filter
+def group_label(value, group_by) -> str:
+    """A summary group as people read it: a day or hour in UTC without the ISO noise."""
+    if value is None:
+        return "(none)"
+    if group_by == "day":
+        return str(value)[:10]
+    if group_by == "hour":
+        return str(value)[:13].replace("T", " ") + ":00 UTC"
+    return str(value)
