@@ -381,7 +381,14 @@ def key_create(request):
     if not errors:
         try:
             key, secret = tenancy_services.create_api_key(
-                actor=actor, organization=organization, name=name, scopes=scopes, team=team
+                actor=actor,
+                organization=organization,
+                name=name,
+                scopes=scopes,
+                team=team,
+                # The signed-in user's own key; a platform administrator who is no
+                # member of the organization makes a service key.
+                user=request.user if organization.pk in actor.roles else None,
             )
         except ValidationError as exc:
             errors = {

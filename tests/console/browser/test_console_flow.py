@@ -74,9 +74,15 @@ def test_owner_and_viewer_flow(world, r, live_server, browser_page):  # noqa: F8
     assert secret not in page.content()
     assert page.get_by_role("row", name=re.compile("browser key")).count() == 1
     page.get_by_role("button", name="Revoke <img src=x> browser key").click()
-    page.wait_for_url(f"{base}/console/o/org-a/keys/")
+    dialog = page.get_by_role("dialog")
+    assert "<img src=x> browser key" in dialog.inner_text()  # text, not markup
+    dialog.get_by_role("button", name="Cancel").click()
+    assert "active" in page.get_by_role("row", name=re.compile("browser key")).inner_text()
+    page.get_by_role("button", name="Revoke <img src=x> browser key").click()
+    with page.expect_navigation():
+        page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
     row = page.get_by_role("row", name=re.compile("browser key"))
-    assert "revoked" in row.inner_text()
+    assert "revoked" in row.inner_text() and "alice" in row.inner_text()
     screenshot(page, "keys")
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(re.compile(r".*/console/signin/.*"))

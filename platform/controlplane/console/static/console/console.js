@@ -2,6 +2,21 @@
 // <script type="application/json"> blocks (no inline code: the CSP forbids it).
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
+  // Destructive forms ask first, in the native <dialog> (keyboard and screen-reader
+  // friendly); without JavaScript they simply submit.
+  var dialog = document.getElementById("confirm-dialog");
+  document.querySelectorAll("form.confirm[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!dialog || typeof dialog.showModal !== "function") return;
+      event.preventDefault();
+      document.getElementById("confirm-text").textContent = form.dataset.confirm;
+      dialog.returnValue = "";
+      dialog.addEventListener("close", function () {
+        if (dialog.returnValue === "confirm") form.submit();
+      }, { once: true });
+      dialog.showModal();
+    });
+  });
   document.querySelectorAll("[data-chart]").forEach(function (area) {
     var source = document.getElementById(area.dataset.chart);
     if (!source || typeof uPlot === "undefined") return;
