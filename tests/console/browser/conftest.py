@@ -48,3 +48,21 @@ def browser_page(monkeypatch):
 
 def screenshot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def assert_accessible(page) -> None:
+    """axe-core (axe-playwright-python) finds no serious or critical issue."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    serious = [
+        f"{v['id']}: {v['help']} ({len(v['nodes'])} nodes: {v['nodes'][0]['target']})"
+        for v in results.response["violations"]
+        if v.get("impact") in ("serious", "critical")
+    ]
+    assert serious == [], serious
+
+
+def check_page(page, name: str) -> None:
+    screenshot(page, name)
+    assert_accessible(page)

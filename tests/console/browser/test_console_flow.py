@@ -12,7 +12,7 @@ from controlplane.quotas.models import UsageRecord
 from controlplane.quotas.rollup import record_usage
 from django.utils import timezone
 
-from tests.console.browser.conftest import screenshot
+from tests.console.browser.conftest import check_page
 from tests.controlplane.test_usage_rollup import r  # noqa: F401 (a clean sign-in throttle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -52,24 +52,26 @@ def test_owner_and_viewer_flow(world, r, live_server, browser_page):  # noqa: F8
     page, base = browser_page, live_server.url
     total_tokens = seed_usage(world.org_a.pk)
 
+    page.goto(f"{base}/console/signin/")
+    check_page(page, "signin")
     sign_in(page, base, "alice")
     page.goto(f"{base}/console/o/org-a/")
     assert page.locator("h1").count() == 1
     page.wait_for_selector(".chart-area .uplot canvas")  # drawn by console.js + uPlot
     per_day = page.get_by_role("table", name="Per day")
     assert per_day.locator("tfoot td").nth(4).inner_text() == str(total_tokens)
-    screenshot(page, "overview")
+    check_page(page, "overview")
 
     page.goto(f"{base}/console/o/org-a/usage/?group_by=model")
     assert page.get_by_role("table", name="Usage").locator("tbody tr").count() == 2
-    screenshot(page, "usage")
+    check_page(page, "usage")
 
     page.goto(f"{base}/console/o/org-a/keys/")
     page.get_by_label("Name", exact=True).fill("<img src=x> browser key")
     page.get_by_role("button", name="Create key").click()
     secret = page.get_by_label("Secret").input_value()
     assert len(secret) > 20
-    screenshot(page, "key-created")
+    check_page(page, "key-created")
     page.goto(f"{base}/console/o/org-a/keys/")
     assert secret not in page.content()
     assert page.get_by_role("row", name=re.compile("browser key")).count() == 1
@@ -83,7 +85,7 @@ def test_owner_and_viewer_flow(world, r, live_server, browser_page):  # noqa: F8
         page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
     row = page.get_by_role("row", name=re.compile("browser key"))
     assert "revoked" in row.inner_text() and "alice" in row.inner_text()
-    screenshot(page, "keys")
+    check_page(page, "keys")
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(re.compile(r".*/console/signin/.*"))
 
