@@ -68,6 +68,8 @@ INSTALLED_APPS = [
     "controlplane.quotas",
     "controlplane.fleet",
     "controlplane.api",
+    "django_htmx",
+    "controlplane.console",
 ]
 
 MIDDLEWARE = [
@@ -82,6 +84,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "controlplane.api.middleware.RequestContextMiddleware",
+    "controlplane.console.middleware.ConsoleSecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -160,6 +163,9 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = 8 * 3600  # console sessions last a working day
+LOGIN_URL = "console:signin"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"

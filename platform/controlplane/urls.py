@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from controlplane.api.errors import json_error_view
+from controlplane.console.views import root as console_root
 
 
 def healthz(request):
@@ -24,6 +25,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("controlplane.api.urls")),
     path("admin/", admin.site.urls),
+    path("console/", include("controlplane.console.urls")),
+    path("", console_root, name="root"),
 ]
 
 handler404 = json_error_view(404, "Not found.")

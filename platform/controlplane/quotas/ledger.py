@@ -3,9 +3,10 @@ consumer group and records them exactly once.
 
 Exactly once = at-least-once delivery + an idempotent write: events of a batch are
 inserted in one transaction with ``ON CONFLICT DO NOTHING`` on the unique request id,
-and acknowledged only after that commit. A consumer that dies mid-batch leaves its
-events pending; on restart it first re-reads its own pending entries, and any
-consumer claims entries that another, dead consumer left idle for
+together with the hourly rollup of the rows that insert returns as new
+(``controlplane.quotas.rollup``), and acknowledged only after that commit. A consumer
+that dies mid-batch leaves its events pending; on restart it first re-reads its own
+pending entries, and any consumer claims entries that another, dead consumer left idle for
 ``claim_idle_ms``. Events that cannot be parsed are parked on a dead-letter stream
 rather than blocking the group.
 """
@@ -23,9 +24,9 @@ import uuid
 from dataclasses import dataclass
 
 import redis
-from django.db import transaction
 
 from controlplane.quotas.models import UsageRecord
+from controlplane.quotas.rollup import record_usage
 from gateway import contract
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,9 @@ class LedgerConsumer:
                 records.append(_record(event))
             except (TypeError, ValueError, KeyError) as exc:
                 dead.append((entry_id, raw, repr(exc)))
-        with transaction.atomic():
-            before = UsageRecord.objects.filter(
-                request_id__in=[r.request_id for r in records]
-            ).count()
-            UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=500)
-        result.written = len({r.request_id for r in records}) - before
+        # The ledger rows and their hourly rollup commit together, counted from the
+        # rows the insert reports as new: a replayed entry adds nothing to either.
+        result.written = record_usage(records)
         for entry_id, raw, reason in dead:
             self.client.xadd(
                 DEAD_LETTER_STREAM, {"event": raw or b"", "reason": reason, "id": entry_id}

@@ -121,3 +121,61 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+# Upper bounds (ms) of the fixed histogram buckets of UsageHourly; a last bucket holds
+# everything above the largest bound. Percentiles read from it are the bucket's bound.
+LATENCY_BOUNDS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000)
+BUCKETS = len(LATENCY_BOUNDS_MS) + 1
+LATENCY_BUCKET_FIELDS = tuple(f"latency_b{i}" for i in range(BUCKETS))
+TTFT_BUCKET_FIELDS = tuple(f"ttft_b{i}" for i in range(BUCKETS))
+ROLLUP_SUM_FIELDS = (
+    "requests",
+    "errors_4xx",
+    "errors_5xx",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms_sum",
+    "ttft_ms_sum",
+    "ttft_count",
+    *LATENCY_BUCKET_FIELDS,
+    *TTFT_BUCKET_FIELDS,
+)
+
+
+class UsageHourly(models.Model):
+    """The usage ledger summed per (organization, team, key, model, UTC hour): what
+    charts and summaries read instead of scanning UsageRecord. Written by the ledger
+    consumer in the transaction that inserts the records, from the records that insert
+    reports as new, so a replayed event is never counted twice; ``manage.py
+    rebuild_usage_rollup`` recomputes it from the ledger."""
+
+    # One text key for the five dimensions: team and key may be empty, and a unique
+    # constraint over nullable columns would let two rows share a bucket.
+    bucket = models.CharField(max_length=200, unique=True, editable=False)
+    organization_id = models.UUIDField()
+    team_id = models.UUIDField(null=True, blank=True)
+    api_key_id = models.UUIDField(null=True, blank=True)
+    model = models.CharField(max_length=64)
+    hour = models.DateTimeField()
+    requests = models.PositiveBigIntegerField(default=0)
+    errors_4xx = models.PositiveBigIntegerField(default=0)
+    errors_5xx = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    latency_ms_sum = models.FloatField(default=0)
+    ttft_ms_sum = models.FloatField(default=0)
+    ttft_count = models.PositiveBigIntegerField(default=0, help_text="Requests with a TTFT")
+    for _name in LATENCY_BUCKET_FIELDS + TTFT_BUCKET_FIELDS:
+        locals()[_name] = models.PositiveBigIntegerField(default=0)
+    del _name
+
+    scope_org_path = "organization_id"
+    objects = ScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hour"]
+        indexes = [models.Index(fields=["organization_id", "hour"], name="usage_hourly_org_hour")]
+
+    def __str__(self) -> str:
+        return self.bucket

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import datetime as dt
+
 from rest_framework import serializers
 
 from controlplane.api.base import StrictModelSerializer
+from controlplane.quotas import rollup
 from controlplane.quotas.models import LIMIT_FIELDS, LimitPolicy, UsageRecord
+from controlplane.quotas.summary import GROUPS, MAX_HOURS, MAX_RANGE
 from controlplane.tenancy.models import ApiKey, Team
 
 
@@ -64,3 +68,66 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "occurred_at",
         ]
         read_only_fields = fields
+
+
+class UsageSummaryQuerySerializer(serializers.Serializer):
+    """Query of ``usage/summary/``: whole UTC hours in [since, until), default the last
+    7 days; ``since`` is rounded down and ``until`` up to the hour."""
+
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+    group_by = serializers.ChoiceField(choices=sorted(GROUPS), default="day")
+
+    def validate(self, data):
+        now = rollup.now_hour() + dt.timedelta(hours=1)
+        try:
+            until = data.get("until")
+            until = (
+                rollup.hour_of(until)
+                + (
+                    dt.timedelta(hours=1)
+                    if until and until != rollup.hour_of(until)
+                    else dt.timedelta()
+                )
+                if until
+                else now
+            )
+            since = data.get("since")
+            since = rollup.hour_of(since) if since else until - dt.timedelta(days=7)
+        except OverflowError:
+            raise serializers.ValidationError({"since": ["Date out of range."]}) from None
+        if since >= until:
+            raise serializers.ValidationError({"since": ["Must be before until."]})
+        limit = MAX_RANGE
+        if data["group_by"] == "hour":
+            limit = dt.timedelta(hours=MAX_HOURS["hour"])
+        if until - since > limit:
+            raise serializers.ValidationError(
+                {"until": [f"The range may span at most {limit.days} days for this grouping."]}
+            )
+        return {"since": since, "until": until, "group_by": data["group_by"]}
+
+
+class UsageSummaryRowSerializer(serializers.Serializer):
+    group = serializers.CharField(allow_null=True)
+    requests = serializers.IntegerField()
+    errors_4xx = serializers.IntegerField()
+    errors_5xx = serializers.IntegerField()
+    error_rate = serializers.FloatField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    latency_ms_avg = serializers.FloatField(allow_null=True)
+    latency_ms_p50 = serializers.FloatField(allow_null=True)
+    latency_ms_p95 = serializers.FloatField(allow_null=True)
+    ttft_ms_avg = serializers.FloatField(allow_null=True)
+    ttft_ms_p50 = serializers.FloatField(allow_null=True)
+    ttft_ms_p95 = serializers.FloatField(allow_null=True)
+
+
+class UsageSummarySerializer(serializers.Serializer):
+    group_by = serializers.CharField()
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    results = UsageSummaryRowSerializer(many=True)
+    totals = UsageSummaryRowSerializer()

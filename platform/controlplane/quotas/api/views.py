@@ -3,11 +3,12 @@ from __future__ import annotations
 import django_filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
+from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from controlplane.api.base import OrganizationScopedViewSet
 from controlplane.api.filters import UtcDateTimeFilter
-from controlplane.quotas import services
+from controlplane.quotas import services, summary
 from controlplane.quotas.api import serializers as s
 from controlplane.quotas.models import LimitPolicy, UsageRecord
 
@@ -70,3 +71,13 @@ class UsageViewSet(OrganizationScopedViewSet, mixins.ListModelMixin):
     serializer_class = s.UsageRecordSerializer
     filterset_class = UsageFilter
     ordering_fields = ["occurred_at", "prompt_tokens", "completion_tokens", "latency_ms"]
+
+    @extend_schema(parameters=[s.UsageSummaryQuerySerializer], responses=s.UsageSummarySerializer)
+    @action(detail=False, methods=["get"], url_path="summary", filter_backends=[])
+    def summary(self, request, org_slug=None):
+        """Requests, errors, tokens and latency percentiles per day, hour, team, model
+        or key, read from the hourly rollup (whole UTC hours)."""
+        query = s.UsageSummaryQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        rows = summary.organization_rows(self.actor, self.get_organization())
+        return Response(summary.summarize(rows, **query.validated_data))

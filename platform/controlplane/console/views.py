@@ -1,0 +1,449 @@
+"""Console pages. Reads go through ``Model.objects.restrict(actor, action)`` and writes
+through the services with ``Actor.for_user``, so the console obeys the API's rules:
+an organization the caller cannot see is a 404, a role too short for a page a 403."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import functools
+import hashlib
+import logging
+
+import redis
+from django.contrib.auth import views as auth_views
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from controlplane.catalog.models import OrganizationModelAccess
+from controlplane.fleet.models import Deployment
+from controlplane.quotas import summary
+from controlplane.quotas.api.serializers import UsageSummaryQuerySerializer
+from controlplane.redis import get_redis
+from controlplane.tenancy import services as tenancy_services
+from controlplane.tenancy.actors import Actor
+from controlplane.tenancy.models import ApiKey, Organization, Team
+from gateway.contract import SCOPES
+
+KEYS_PER_PAGE = 50
+log = logging.getLogger(__name__)
+
+
+def root(request):
+    return redirect("console:home")
+
+
+SIGNIN_FAILURES_ALLOWED = 5
+SIGNIN_WINDOW_SECONDS = 15 * 60
+
+
+def _signin_failures_key(request) -> str:
+    username = request.POST.get("username", "")[:150].lower()
+    who = f"{username}\n{request.META.get('REMOTE_ADDR', '')}"
+    return "console:signin-failures:" + hashlib.sha256(who.encode()).hexdigest()
+
+
+class SignInView(auth_views.LoginView):
+    """Sign-in, throttled: after 5 failures for one user name from one address within
+    15 minutes, further attempts are refused (429) until the window passes."""
+
+    template_name = "console/signin.html"
+    redirect_authenticated_user = True
+
+    def get_default_redirect_url(self):
+        return reverse("console:home")
+
+    def post(self, request, *args, **kwargs):
+        try:
+            failures = int(get_redis().get(_signin_failures_key(request)) or 0)
+        except redis.RedisError as exc:
+            # Without Redis no attempt is counted; sign-in itself must keep working.
+            log.warning("sign-in throttle unavailable: %s", exc)
+            failures = 0
+        if failures >= SIGNIN_FAILURES_ALLOWED:
+            form = self.get_form()
+            form.errors.clear()
+            form.add_error(None, "Too many failed attempts; try again in 15 minutes.")
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form):
+        key = _signin_failures_key(self.request)
+        try:
+            pipe = get_redis().pipeline()
+            pipe.incr(key)
+            pipe.expire(key, SIGNIN_WINDOW_SECONDS, nx=True)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("sign-in throttle unavailable: %s", exc)
+        return super().form_invalid(form)
+
+
+class SignOutView(auth_views.LogoutView):
+    """POST only (Django's LogoutView refuses GET)."""
+
+    next_page = "console:signin"
+
+
+def _actor(request) -> Actor:
+    return Actor.for_user(request.user)
+
+
+def _organizations(actor: Actor):
+    return Organization.objects.restrict(actor, "organization.view").order_by("slug")
+
+
+def signed_in(view):
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated or not request.user.is_active:
+            return redirect(f"{reverse('console:signin')}?next={request.path}")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def org_page(action: str):
+    """A page of one organization that needs ``action`` (``tenancy/roles.py``)."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(request, org_slug, *args, **kwargs):
+            actor = _actor(request)
+            organization = _organizations(actor).filter(slug=org_slug).first()
+            if organization is None:
+                raise Http404("No such organization.")
+            if not actor.can(action, organization.pk):
+                raise PermissionDenied(f"Your role in {organization.slug} does not allow this.")
+            request.actor = actor
+            request.organization = organization
+            return view(request, *args, **kwargs)
+
+        page = signed_in(wrapper)
+        page.console_action = action  # read by the role-table test
+        return page
+
+    return decorate
+
+
+def _context(request, **extra) -> dict:
+    actor = request.actor
+    organization = request.organization
+    can = {
+        name.replace(".", "_"): actor.can(name, organization.pk)
+        for name in ("usage.view", "apikey.create", "apikey.manage", "organization.change")
+    }
+    return {
+        "organization": organization,
+        "organizations": _organizations(actor),
+        "can": can,
+        **extra,
+    }
+
+
+@require_GET
+@signed_in
+def home(request):
+    organizations = list(_organizations(_actor(request)))
+    if len(organizations) == 1 and not request.user.is_superuser:
+        return redirect("console:overview", org_slug=organizations[0].slug)
+    return render(request, "console/home.html", {"organizations": organizations})
+
+
+def _chart(rows: list[dict]) -> dict:
+    """uPlot's columnar data: x in epoch seconds, then one series per figure."""
+    return {
+        "x": [int(dt.datetime.fromisoformat(r["group"]).timestamp()) for r in rows],
+        "requests": [r["requests"] for r in rows],
+        "tokens": [r["total_tokens"] for r in rows],
+        "errors": [r["errors_4xx"] + r["errors_5xx"] for r in rows],
+    }
+
+
+@require_GET
+@org_page("organization.view")
+def overview(request):
+    organization, actor = request.organization, request.actor
+    deployments = (
+        Deployment.objects.restrict(actor, "deployment.view")
+        .filter(organization=organization)
+        .select_related("model_version__model")
+        .order_by("name")[:100]
+    )
+    models = (
+        OrganizationModelAccess.objects.restrict(actor, "model_access.view")
+        .filter(organization=organization)
+        .select_related("model")[:200]
+    )
+    extra = {"deployments": deployments, "models": models}
+    if actor.can("usage.view", organization.pk):
+        days = 30 if request.GET.get("days") == "30" else 7
+        until = summary_now()
+        since = until - dt.timedelta(days=days)
+        rows = summary.organization_rows(actor, organization)
+        by_day = summary.summarize(rows, group_by="day", since=since, until=until)
+        top = {
+            group: sorted(
+                summary.summarize(rows, group_by=group, since=since, until=until)["results"],
+                key=lambda r: -r["total_tokens"],
+            )[:10]
+            for group in ("model", "team", "key")
+        }
+        extra.update(days=days, by_day=by_day, chart=_chart(by_day["results"]), top=top)
+        extra["names"] = _names(organization)
+    return render(request, "console/overview.html", _context(request, **extra))
+
+
+def summary_now() -> dt.datetime:
+    from controlplane.quotas.rollup import now_hour
+
+    return now_hour() + dt.timedelta(hours=1)
+
+
+def _names(organization) -> dict[str, str]:
+    """Display names of teams and keys, by id as the summary reports them."""
+    names = {
+        str(pk): name
+        for pk, name in Team.objects.filter(organization=organization).values_list("pk", "name")
+    }
+    names.update(
+        (str(pk), f"{name} ({prefix})")
+        for pk, name, prefix in ApiKey.objects.filter(organization=organization).values_list(
+            "pk", "name", "prefix"
+        )[:5000]
+    )
+    return names
+
+
+@require_GET
+@org_page("usage.view")
+def usage(request):
+    organization, actor = request.organization, request.actor
+    query = UsageSummaryQuerySerializer(data=request.GET)
+    if not query.is_valid():
+        return render(
+            request,
+            "console/usage.html",
+            _context(
+                request, errors=query.errors, params=request.GET, groups=sorted(summary.GROUPS)
+            ),
+            status=400,
+        )
+    report = summary.summarize(
+        summary.organization_rows(actor, organization), **query.validated_data
+    )
+    if request.GET.get("format") == "csv":
+        return _csv(organization, report)
+    chart = _chart(report["results"]) if report["group_by"] in ("day", "hour") else None
+    return render(
+        request,
+        "console/usage.html",
+        _context(
+            request,
+            report=report,
+            chart=chart,
+            params=request.GET,
+            names=_names(organization),
+            groups=sorted(summary.GROUPS),
+        ),
+    )
+
+
+CSV_COLUMNS = (
+    "group",
+    "requests",
+    "errors_4xx",
+    "errors_5xx",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms_avg",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "ttft_ms_avg",
+    "ttft_ms_p50",
+    "ttft_ms_p95",
+)
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+def _csv_cell(value):
+    # A cell starting with = + - @ would be a formula in a spreadsheet.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _csv(organization, report) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+
+    def rows():
+        yield writer.writerow(CSV_COLUMNS)
+        for row in report["results"]:
+            yield writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    filename = f"usage-{organization.slug}-{report['group_by']}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+KEY_STATES = ("active", "revoked", "expired", "expiring")
+
+
+def _keys(request):
+    organization, actor = request.organization, request.actor
+    keys = (
+        ApiKey.objects.restrict(actor, "apikey.view")
+        .filter(organization=organization)
+        .select_related("team", "user")
+        .order_by("-created_at", "pk")
+    )
+    search = request.GET.get("q", "").strip()[:100]
+    if search:
+        keys = keys.filter(
+            Q(name__icontains=search)
+            | Q(prefix__istartswith=search)
+            | Q(team__name__icontains=search)
+        )
+    now = timezone.now()
+    state = request.GET.get("state", "")
+    if state == "active":
+        keys = keys.filter(revoked_at=None).filter(Q(expires_at=None) | Q(expires_at__gt=now))
+    elif state == "revoked":
+        keys = keys.exclude(revoked_at=None)
+    elif state == "expired":
+        keys = keys.filter(revoked_at=None, expires_at__lte=now)
+    elif state == "expiring":
+        keys = keys.filter(
+            revoked_at=None, expires_at__gt=now, expires_at__lte=now + dt.timedelta(days=7)
+        )
+    return keys, search, state
+
+
+def _key_form_context(request, **extra):
+    organization, actor = request.organization, request.actor
+    teams = Team.objects.restrict(actor, "team.view").filter(organization=organization)
+    return {"teams": teams.order_by("name"), "scopes": SCOPES, **extra}
+
+
+@require_GET
+@org_page("apikey.view")
+def keys(request):
+    keys, search, state = _keys(request)
+    page = Paginator(keys, KEYS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "console/keys.html",
+        _context(
+            request,
+            page=page,
+            search=search,
+            state=state,
+            states=KEY_STATES,
+            now=timezone.now(),
+            **_key_form_context(request),
+        ),
+    )
+
+
+@require_POST
+@org_page("apikey.create")
+def key_create(request):
+    organization, actor = request.organization, request.actor
+    name = request.POST.get("name", "").strip()
+    scopes = request.POST.getlist("scopes")
+    team_id = request.POST.get("team") or None
+    errors: dict[str, str] = {}
+    team = None
+    if not name:
+        errors["name"] = "Give the key a name."
+    elif len(name) > 100:
+        errors["name"] = "At most 100 characters."
+    if team_id:
+        team = (
+            Team.objects.restrict(actor, "team.view")
+            .filter(organization=organization, pk=_uuid_or_none(team_id))
+            .first()
+        )
+        if team is None:
+            errors["team"] = "Not a team of this organization."
+    if not errors:
+        try:
+            key, secret = tenancy_services.create_api_key(
+                actor=actor,
+                organization=organization,
+                name=name,
+                scopes=scopes,
+                team=team,
+                # The signed-in user's own key; a platform administrator who is no
+                # member of the organization makes a service key.
+                user=request.user if organization.pk in actor.roles else None,
+            )
+        except ValidationError as exc:
+            errors = {
+                ("form" if field == "__all__" else field): " ".join(messages)
+                for field, messages in getattr(
+                    exc, "message_dict", {"__all__": exc.messages}
+                ).items()
+            }
+        else:
+            response = render(
+                request, "console/key_created.html", _context(request, key=key, secret=secret)
+            )
+            # The secret is in this response only: never cached, stored or put in the session.
+            response["Cache-Control"] = "no-store"
+            return response
+    keys, search, state = _keys(request)
+    page = Paginator(keys, KEYS_PER_PAGE).get_page(1)
+    return render(
+        request,
+        "console/keys.html",
+        _context(
+            request,
+            page=page,
+            search=search,
+            state=state,
+            states=KEY_STATES,
+            now=timezone.now(),
+            errors=errors,
+            form=request.POST,
+            **_key_form_context(request),
+        ),
+        status=400,
+    )
+
+
+def _uuid_or_none(value):
+    import uuid
+
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+@require_POST
+@org_page("apikey.view")
+def key_revoke(request, key_id):
+    organization, actor = request.organization, request.actor
+    key = (
+        ApiKey.objects.restrict(actor, "apikey.view")
+        .filter(organization=organization, pk=_uuid_or_none(key_id))
+        .first()
+    )
+    if key is None:
+        raise Http404("No such key.")
+    # The service decides: admins revoke any key, members their own.
+    tenancy_services.revoke_api_key(actor=actor, key=key)
+    return redirect("console:keys", org_slug=organization.slug)
