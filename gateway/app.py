@@ -370,7 +370,10 @@ class Gateway:
     ) -> Reservation | None:
         services = self.services
         assert services is not None
-        subjects = [Subject(level, sid, lim) for level, sid, lim in level_limits(principal)]
+        subjects = [
+            Subject(level, sid, lim, model)
+            for level, sid, lim, model in level_limits(principal, plan.alias)
+        ]
         # Unique even when clients reuse request ids: the slot must be this request's.
         member = f"{ctx.request_id}:{self._instance}:{next(self._sequence)}"
         if not has_admission_limits(subjects):

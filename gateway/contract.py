@@ -109,6 +109,10 @@ class Limits(TypedDict, total=False):
 
 LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens", "max_tokens")
 
+#: Limits of a subject for one model alias, on top of its limits for all models:
+#: ``{alias: Limits}``. Absent or empty: no per-model limits.
+ModelLimits = dict[str, Limits]
+
 
 class KeyEntry(TypedDict):
     id: str  # the key's id (uuid)
@@ -121,6 +125,7 @@ class KeyEntry(TypedDict):
     expires_at: float | None  # unix time
     revoked: bool
     limits: Limits
+    model_limits: NotRequired[ModelLimits]
 
 
 class OrgEntry(TypedDict):
@@ -129,11 +134,13 @@ class OrgEntry(TypedDict):
     allow_external: bool  # may requests leave the house (open-access upstreams)
     log_prompts: bool  # keep prompts/completions in logs
     limits: Limits
+    model_limits: NotRequired[ModelLimits]
 
 
 class TeamEntry(TypedDict):
     org: str
     limits: Limits
+    model_limits: NotRequired[ModelLimits]
 
 
 class Route(TypedDict):

@@ -1,11 +1,11 @@
 """Rate limits, concurrency slots and token budgets, enforced atomically in Redis.
 
-One Lua call admits a request against every level at once (key, team, organization),
-so admission is atomic across levels and across gateway processes; the tightest limit
-wins. A request reserves its worst case (prompt estimate + completion bound) and a
-second call settles the real count once the upstream has reported ``usage``; that same
-call frees the concurrency slot and appends the usage event, so a request costs two
-Redis round trips in all.
+One Lua call admits a request against every level at once (key, team, organization,
+each for all models and for the requested model), so admission is atomic across levels
+and across gateway processes; the tightest limit wins. A request reserves its worst case
+(prompt estimate + completion bound) and a second call settles the real count once the
+upstream has reported ``usage``; that same call frees the concurrency slot and appends
+the usage event, so a request costs two Redis round trips in all.
 
 Semantics (all clocks are Redis server time):
 
@@ -18,6 +18,10 @@ Semantics (all clocks are Redis server time):
   (``<base>:d:<days since epoch>``, ``<base>:m:<yyyymm>``). They are kept for every
   subject whether or not it has a budget, so a budget introduced mid-period sees the
   period's usage so far.
+
+A subject's usage of one model has its own base, ``<base>:model:<alias>``, with the same
+counters; it is one more level of the admission, limited by the subject's limits for
+that alias (none: counted only).
 
 Key names are built inside the scripts (the day depends on the server's clock), which
 needs a standalone Redis (or Sentinel), not Redis Cluster.
@@ -279,10 +283,19 @@ class Subject:
     level: str  # "key" | "team" | "org"
     id: str
     limits: contract.Limits
+    #: A model alias: this subject's usage and limits for that model only.
+    model: str | None = None
 
     @property
     def base(self) -> str:
-        return f"{contract.LIMITS_PREFIX}{self.level}:{self.id}"
+        base = f"{contract.LIMITS_PREFIX}{self.level}:{self.id}"
+        # Aliases are [a-z0-9._-]: no ':' to collide with the suffixes below.
+        return base if self.model is None else f"{base}:model:{self.model}"
+
+    @property
+    def label(self) -> str:
+        """How a refusal names this subject."""
+        return self.level if self.model is None else f"{self.level} for the model '{self.model}'"
 
 
 @dataclass(slots=True)
@@ -382,9 +395,11 @@ class Limiter:
                 headers=_rate_headers([int(v) for v in result[4:10]]),
             )
         reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
-        level = subjects[int(result[2]) - 1].level
+        subject = subjects[int(result[2]) - 1]
         limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
-        raise refusal(reason, level, limit, remaining, retry_after, reserve)
+        raise refusal(
+            reason, subject.level, limit, remaining, retry_after, reserve, label=subject.label
+        )
 
     def settle_args(
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
@@ -414,17 +429,25 @@ class Limiter:
 
 
 def refusal(
-    reason: str, level: str, limit: int, remaining: int, retry_after: int, reserve: int
+    reason: str,
+    level: str,
+    limit: int,
+    remaining: int,
+    retry_after: int,
+    reserve: int,
+    *,
+    label: str | None = None,
 ) -> GatewayError:
     code, what = REASON_CODES.get(reason, ("rate_limit_exceeded", reason))
+    label = label or level
     if reason == "tpm_request":
         message = (
-            f"This request needs up to {reserve} tokens, more than the {level}'s limit of "
-            f"{limit} tokens per minute; lower max_tokens or the prompt size."
+            f"This request needs up to {reserve} tokens, more than the limit of the {label} "
+            f"of {limit} tokens per minute; lower max_tokens or the prompt size."
         )
     else:
         message = (
-            f"Rate limit reached: {what} of the {level} ({limit}). Retry after {retry_after} s."
+            f"Rate limit reached: {what} of the {label} ({limit}). Retry after {retry_after} s."
         )
     headers = [(b"retry-after", str(retry_after).encode())]
     if reason in ("rpm",):

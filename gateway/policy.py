@@ -74,19 +74,31 @@ def split_by_owner(
     return own, shared
 
 
-def level_limits(principal: Principal) -> list[tuple[str, str, contract.Limits]]:
-    """``(level, subject id, limits)`` for the key, its team and its organization."""
-    levels: list[tuple[str, str, contract.Limits]] = [
-        ("key", principal.key_id, principal.key.get("limits") or {})
-    ]
+def level_limits(
+    principal: Principal, alias: str | None = None
+) -> list[tuple[str, str, contract.Limits, str | None]]:
+    """``(level, subject id, limits, model)`` for the key, its team and its organization.
+
+    ``model`` is ``None`` for a subject's limits over all models. With ``alias``, each
+    level is followed by the same subject for that model alone (its limits for that
+    alias, possibly none), so that per-model counters are kept and per-model limits are
+    checked in the same admission as the others: the tightest applicable limit wins.
+    """
+    entries: list[tuple[str, str, Any]] = [("key", principal.key_id, principal.key)]
     if principal.team_id and principal.team is not None:
-        levels.append(("team", principal.team_id, principal.team.get("limits") or {}))
-    levels.append(("org", principal.org_id, principal.org.get("limits") or {}))
+        entries.append(("team", principal.team_id, principal.team))
+    entries.append(("org", principal.org_id, principal.org))
+    levels: list[tuple[str, str, contract.Limits, str | None]] = []
+    for level, subject_id, entry in entries:
+        levels.append((level, subject_id, entry.get("limits") or {}, None))
+        if alias is not None:
+            per_model = (entry.get("model_limits") or {}).get(alias) or {}
+            levels.append((level, subject_id, per_model, alias))
     return levels
 
 
-def tightest(levels: list[tuple[str, str, contract.Limits]], name: str) -> int | None:
-    values = [lim.get(name) for _, _, lim in levels]
+def tightest(levels: list[tuple[str, str, contract.Limits, str | None]], name: str) -> int | None:
+    values = [lim.get(name) for _, _, lim, _ in levels]
     present = [v for v in values if v is not None]
     return min(present) if present else None
 
@@ -306,7 +318,7 @@ def plan_request(
             code="no_route",
         )
 
-    levels = level_limits(principal)
+    levels = level_limits(principal, alias)
     prompt_estimate = max(1, math.ceil(len(raw_body) / settings.chars_per_token))
     inject: int | None = None
     if endpoint == "embeddings":
