@@ -276,6 +276,7 @@ def make_key(
     expires_at: float | None = None,
     revoked: bool = False,
     limits: contract.Limits | None = None,
+    model_limits: contract.ModelLimits | None = None,
     user: str | None = None,
 ) -> tuple[str, str, contract.KeyEntry]:
     """``(full key, prefix, entry)`` for a new key."""
@@ -291,6 +292,7 @@ def make_key(
         "expires_at": expires_at,
         "revoked": revoked,
         "limits": limits or {},
+        "model_limits": model_limits or {},
     }
     return full, prefix, entry
 
@@ -317,6 +319,7 @@ class SnapshotBuilder:
         allow_external: bool = False,
         log_prompts: bool = False,
         limits: contract.Limits | None = None,
+        model_limits: contract.ModelLimits | None = None,
     ) -> SnapshotBuilder:
         self.orgs[org_id] = {
             "slug": slug or org_id,
@@ -324,13 +327,22 @@ class SnapshotBuilder:
             "allow_external": allow_external,
             "log_prompts": log_prompts,
             "limits": limits or {},
+            "model_limits": model_limits or {},
         }
         return self
 
     def team(
-        self, team_id: str, org: str, limits: contract.Limits | None = None
+        self,
+        team_id: str,
+        org: str,
+        limits: contract.Limits | None = None,
+        model_limits: contract.ModelLimits | None = None,
     ) -> SnapshotBuilder:
-        self.teams[team_id] = {"org": org, "limits": limits or {}}
+        self.teams[team_id] = {
+            "org": org,
+            "limits": limits or {},
+            "model_limits": model_limits or {},
+        }
         return self
 
     def key(self, key_id: str, org: str, **kwargs: Any) -> str:
