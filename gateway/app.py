@@ -25,7 +25,15 @@ from gateway import contract
 from gateway.auth import Principal, authenticate, presented_key, require_scope
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.limits import Limiter, LimitsUnavailable, Reservation, Subject, has_admission_limits
+from gateway.limits import (
+    Limiter,
+    LimitsUnavailable,
+    NeedsExactCount,
+    Reservation,
+    Subject,
+    has_admission_limits,
+    has_budget,
+)
 from gateway.metrics import Metrics
 from gateway.netguard import NetGuard
 from gateway.policy import Plan, affinity_key_for, level_limits, plan_request
@@ -34,6 +42,7 @@ from gateway.resp import ScriptClient
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.snapshot import CompiledSnapshot, SnapshotHolder, SnapshotWatcher
+from gateway.tokencount import count_prompt
 from gateway.upstream import UpstreamClient
 from gateway.usage import UsageRecorder
 
@@ -379,7 +388,7 @@ class Gateway:
         if not has_admission_limits(subjects):
             return services.limiter.unlimited(subjects, member)
         try:
-            reservation = await services.limiter.admit(subjects, member, plan.reserve_tokens)
+            reservation = await self._admit_budgeted(ctx, subjects, member, plan)
         except LimitsUnavailable as exc:
             self.metrics.redis_errors.labels("admit").inc()
             if self.settings.limits_fail_mode == "open":
@@ -402,6 +411,36 @@ class Gateway:
         if any(has_conc for _, _, has_conc in reservation.levels):
             ctx.renew_slot = lambda: services.limiter.renew_slot(reservation)
         return reservation
+
+    async def _admit_budgeted(
+        self, ctx: RequestContext, subjects: list[Subject], member: str, plan: Plan
+    ) -> Reservation:
+        """Admit with the estimate; a token budget holds the request's worst case. Near
+        a budget (the worst case does not fit), count the prompt exactly and admit the
+        exact cost instead, so no estimate can overspend a budget."""
+        limiter = self.services.limiter  # type: ignore[union-attr]
+        if not has_budget(subjects) or plan.worst_tokens <= plan.reserve_tokens:
+            return await limiter.admit(subjects, member, plan.reserve_tokens)
+        try:
+            return await limiter.admit(
+                subjects,
+                member,
+                plan.reserve_tokens,
+                budget_reserve=plan.worst_tokens,
+                floor=plan.completion_tokens + 1,
+            )
+        except NeedsExactCount as near:
+            self.metrics.prompt_counts.labels(near.reason).inc()
+        counted = await count_prompt(self.services.proxy.client, plan)  # type: ignore[union-attr]
+        if counted is None:
+            # No replica could count: the body's size bounds the prompt (a token is at
+            # least one byte of text).
+            self.metrics.prompt_count_failures.inc()
+            cost = max(plan.reserve_tokens, plan.body_bytes + plan.completion_tokens)
+        else:
+            cost = counted + plan.completion_tokens
+            ctx.prompt_counted = counted
+        return await limiter.admit(subjects, member, cost, budget_reserve=None)
 
     async def _finish(
         self, ctx: RequestContext, reservation: Reservation | None, plan: Plan | None
@@ -456,7 +495,7 @@ class Gateway:
             and not ctx.usage_reported
         ):
             # A success the upstream did not count: keep the worst case reserved.
-            actual = reservation.reserved
+            actual = max(reservation.reserved, reservation.budget_reserved)
         event: contract.UsageEvent = {
             "schema": contract.USAGE_SCHEMA,
             "request_id": ctx.request_id,

@@ -24,6 +24,8 @@ class RequestContext:
     owner: str | None = None  # Route.owner of ``replica``: None = platform capacity
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: The prompt as the replica counted it before admission (near a budget), if it did.
+    prompt_counted: int | None = None
     usage_reported: bool = False
     first_byte_at: float | None = None  # perf_counter
     upstream_sent_at: float | None = None  # perf_counter

@@ -66,10 +66,13 @@ local function days_from_civil(y, m)
 end
 """
 
-#: ARGV: member, reserve, slot_ttl, nlevels, then per level: base, rpm, tpm, concurrency,
-#: daily, monthly (-1 = no limit).
+#: ARGV: member, reserve, slot_ttl, nlevels, budget reserve, budget floor, exact ('1':
+#: the budget reserve is exact, '0': it is a worst case), then per level: base, rpm, tpm,
+#: concurrency, daily, monthly (-1 = no limit).
 #: Returns {1, sec, day, month, rpm_limit, rpm_remaining, rpm_reset, tpm_limit,
-#: tpm_remaining, tpm_reset} or {0, reason, level index, limit, remaining, retry_after}.
+#: tpm_remaining, tpm_reset}, {0, reason, level index, limit, remaining, retry_after}, or
+#: {2, reason, level index} when the worst case does not fit a budget but the floor does:
+#: count the prompt and ask again (nothing was changed).
 ADMIT_LUA = (
     _LUA_CALENDAR
     + r"""
@@ -83,6 +86,9 @@ local member = ARGV[1]
 local reserve = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+local breserve = tonumber(ARGV[5])
+local floor = tonumber(ARGV[6])
+local exact = ARGV[7] == '1'
 local cutoff = sec - 60
 
 local function window(key)
@@ -119,7 +125,7 @@ local state = {}
 local best_rpm = {-1, -1, 0}
 local best_tpm = {-1, -1, 0}
 for i = 0, n - 1 do
-  local o = 5 + i * 6
+  local o = 8 + i * 6
   local base = ARGV[o]
   local rpm = tonumber(ARGV[o + 1])
   local tpm = tonumber(ARGV[o + 2])
@@ -162,14 +168,16 @@ for i = 0, n - 1 do
   end
   if daily >= 0 then
     local used = tonumber(redis.call('GET', base .. ':d:' .. day) or '0')
-    if used + reserve > daily then
+    if used + breserve > daily then
+      if not exact and used + floor <= daily then return {2, 'daily_tokens', lvl} end
       return {0, 'daily_tokens', lvl, daily, math.max(0, daily - used),
               (day + 1) * 86400 - sec}
     end
   end
   if monthly >= 0 then
     local used = tonumber(redis.call('GET', base .. ':m:' .. month) or '0')
-    if used + reserve > monthly then
+    if used + breserve > monthly then
+      if not exact and used + floor <= monthly then return {2, 'monthly_tokens', lvl} end
       local ny, nm = y, m + 1
       if nm > 12 then ny, nm = y + 1, 1 end
       return {0, 'monthly_tokens', lvl, monthly, math.max(0, monthly - used),
@@ -193,10 +201,10 @@ for lvl = 1, n do
     redis.call('ZADD', base .. ':conc', now + ttl, member)
     redis.call('EXPIRE', base .. ':conc', math.ceil(ttl) + 60)
   end
-  if reserve ~= 0 then
-    redis.call('INCRBY', base .. ':d:' .. day, reserve)
+  if breserve ~= 0 then
+    redis.call('INCRBY', base .. ':d:' .. day, breserve)
     redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
-    redis.call('INCRBY', base .. ':m:' .. month, reserve)
+    redis.call('INCRBY', base .. ':m:' .. month, breserve)
     redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
   end
 end
@@ -205,9 +213,9 @@ return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],
 """
 )
 
-#: KEYS[1]: usage stream. ARGV: member, delta, reservation second ('' if none), day
-#: ('' = today), month, maxlen, event json ('' = none), nlevels, then per level: base,
-#: has_tpm, has_conc.
+#: KEYS[1]: usage stream. ARGV: member, tpm delta, reservation second ('' if none), day
+#: ('' = today), month, maxlen, event json ('' = none), nlevels, budget delta (day and
+#: month counters), then per level: base, has_tpm, has_conc.
 SETTLE_LUA = (
     _LUA_CALENDAR
     + r"""
@@ -224,21 +232,22 @@ if day == '' then
   month = tostring(y * 100 + m)
 end
 local n = tonumber(ARGV[8])
+local bdelta = tonumber(ARGV[9])
 for i = 0, n - 1 do
-  local o = 9 + i * 3
+  local o = 10 + i * 3
   local base = ARGV[o]
   if ARGV[o + 2] == '1' then
     redis.call('ZREM', base .. ':conc', member)
   end
-  if delta ~= 0 then
-    if ARGV[o + 1] == '1' and res_sec ~= '' then
-      if redis.call('HEXISTS', base .. ':tpm', res_sec) == 1 then
-        redis.call('HINCRBY', base .. ':tpm', res_sec, delta)
-      end
+  if delta ~= 0 and ARGV[o + 1] == '1' and res_sec ~= '' then
+    if redis.call('HEXISTS', base .. ':tpm', res_sec) == 1 then
+      redis.call('HINCRBY', base .. ':tpm', res_sec, delta)
     end
-    redis.call('INCRBY', base .. ':d:' .. day, delta)
+  end
+  if bdelta ~= 0 then
+    redis.call('INCRBY', base .. ':d:' .. day, bdelta)
     redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
-    redis.call('INCRBY', base .. ':m:' .. month, delta)
+    redis.call('INCRBY', base .. ':m:' .. month, bdelta)
     redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
   end
 end
@@ -298,10 +307,23 @@ class Subject:
         return self.level if self.model is None else f"{self.level} for the model '{self.model}'"
 
 
+class NeedsExactCount(Exception):
+    """The worst case of a request does not fit a token budget but its floor does: count
+    the prompt exactly and admit again (the admission changed nothing)."""
+
+    def __init__(self, reason: str, level: str) -> None:
+        super().__init__(f"{reason} of the {level}")
+        self.reason = reason
+        self.level = level
+
+
 @dataclass(slots=True)
 class Reservation:
     member: str
+    #: Held in the tokens-per-minute windows.
     reserved: int = 0
+    #: Held in the day and month counters (the worst case, or the exact count).
+    budget_reserved: int = 0
     sec: int | None = None
     day: int | None = None
     month: int | None = None
@@ -320,6 +342,14 @@ def has_admission_limits(subjects: list[Subject]) -> bool:
         s.limits.get(name) is not None
         for s in subjects
         for name in ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens")
+    )
+
+
+def has_budget(subjects: list[Subject]) -> bool:
+    return any(
+        s.limits.get(name) is not None
+        for s in subjects
+        for name in ("daily_tokens", "monthly_tokens")
     )
 
 
@@ -359,10 +389,35 @@ class Limiter:
         if bases:
             await self.scripts.run(RENEW, [], [reservation.member, self.slot_ttl, *bases])
 
-    async def admit(self, subjects: list[Subject], member: str, reserve: int) -> Reservation:
-        """Reserve ``reserve`` tokens, one request and one slot at every level, or raise
-        a 429 ``GatewayError`` naming the limit; ``LimitsUnavailable`` if Redis is down."""
-        args: list[Any] = [member, reserve, self.slot_ttl, len(subjects)]
+    async def admit(
+        self,
+        subjects: list[Subject],
+        member: str,
+        reserve: int,
+        *,
+        budget_reserve: int | None = None,
+        floor: int = 0,
+    ) -> Reservation:
+        """Reserve ``reserve`` tokens in the minute windows and ``budget_reserve`` (by
+        default the same) in the day and month counters, one request and one slot at
+        every level, or raise a 429 ``GatewayError`` naming the limit;
+        ``LimitsUnavailable`` if Redis is down.
+
+        With ``budget_reserve`` given, it is a worst case: when it does not fit a budget
+        but ``floor`` (the least the request can cost) does, nothing is reserved and
+        ``NeedsExactCount`` is raised; the caller counts and admits again with exact
+        figures."""
+        exact = budget_reserve is None
+        breserve = reserve if budget_reserve is None else budget_reserve
+        args: list[Any] = [
+            member,
+            reserve,
+            self.slot_ttl,
+            len(subjects),
+            breserve,
+            floor,
+            "1" if exact else "0",
+        ]
         for s in subjects:
             lim = s.limits
             args += [
@@ -381,6 +436,7 @@ class Limiter:
             return Reservation(
                 member=member,
                 reserved=reserve,
+                budget_reserved=breserve,
                 sec=int(result[1]),
                 day=int(result[2]),
                 month=int(result[3]),
@@ -396,6 +452,8 @@ class Limiter:
             )
         reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         subject = subjects[int(result[2]) - 1]
+        if int(result[0]) == 2:
+            raise NeedsExactCount(reason, subject.label)
         limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
         raise refusal(
             reason, subject.level, limit, remaining, retry_after, reserve, label=subject.label
@@ -405,7 +463,7 @@ class Limiter:
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
     ) -> list[Any]:
         if reservation is None:
-            return ["", actual_tokens, "", "", "", self.usage_maxlen, event_json, 0]
+            return ["", actual_tokens, "", "", "", self.usage_maxlen, event_json, 0, 0]
         args: list[Any] = [
             reservation.member,
             actual_tokens - reservation.reserved,
@@ -415,6 +473,7 @@ class Limiter:
             self.usage_maxlen,
             event_json,
             len(reservation.levels),
+            actual_tokens - reservation.budget_reserved,
         ]
         for base, has_tpm, has_conc in reservation.levels:
             args += [base, "1" if has_tpm else "0", "1" if has_conc else "0"]

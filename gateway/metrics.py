@@ -86,6 +86,18 @@ class Metrics:
             ["org", "reason", "level"],
             registry=reg,
         )
+        self.prompt_counts = Counter(
+            "gateway_prompt_counts_total",
+            "Prompts counted exactly before admission because the request's worst case did "
+            "not fit a token budget, by budget.",
+            ["reason"],
+            registry=reg,
+        )
+        self.prompt_count_failures = Counter(
+            "gateway_prompt_count_failures_total",
+            "Prompts no replica could count; the body's size bounded them instead.",
+            registry=reg,
+        )
         self.policy_refusals = Counter(
             "gateway_policy_refusals_total",
             "Requests refused before any upstream call, by error code.",

@@ -98,8 +98,13 @@ class FakeUpstream:
     linger_after_done: float = 0.0
     hits: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    #: ``/tokenize`` (vLLM's) answers ``count: prompt_tokens``, or this status if set.
+    tokenize_status: int | None = None
+    tokenize_hits: int = 0
 
     def reset(self) -> None:
+        self.tokenize_status = None
+        self.tokenize_hits = 0
         self.fail_status = None
         self.first_byte_delay = 0.0
         self.chunk_delay = 0.0
@@ -127,6 +132,17 @@ class FakeUpstream:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         payload = orjson.loads(body) if body else {}
+        if scope["path"] == "/tokenize":
+            # Counted apart from the inference requests the tests look at.
+            self.tokenize_hits += 1
+            if self.api_key and headers.get("authorization") != f"Bearer {self.api_key}":
+                await self._json(send, 401, {"error": {"message": "bad upstream key"}})
+            elif self.tokenize_status is not None:
+                await self._json(send, self.tokenize_status, {"error": {"message": "no"}})
+            else:
+                count = self.prompt_tokens
+                await self._json(send, 200, {"count": count, "tokens": list(range(count))})
+            return
         self.hits += 1
         self.requests.append({"path": scope["path"], "headers": headers, "body": payload})
         if self.api_key and headers.get("authorization") != f"Bearer {self.api_key}":

@@ -53,18 +53,19 @@ def _client(world, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=world.gw.url + "/v1", api_key=key, max_retries=0, timeout=20)
 
 
-def test_key_budget_for_one_model_refuses_it_and_serves_the_others(per_model):
+def test_key_budget_for_one_model_refuses_it_and_serves_the_others(per_model, fake_a):
     c = _client(per_model, per_model.capped)
     for _ in range(3):
-        c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=100)
-    # 3 x 305 tokens used of the 1,000 for chat-model: the next reservation (its prompt
-    # estimate + 100) does not fit.
+        c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=10)
+    # 3 x 305 tokens used of the 1,000 for chat-model: the next one (its prompt counted
+    # exactly, as the budget is near: 300 + 10) does not fit.
     with pytest.raises(openai.RateLimitError) as info:
-        c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=100)
+        c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=10)
     body = info.value.response.json()["error"]
     assert body["code"] == "budget_exceeded"
     assert "daily token budget of the key for the model 'chat-model' (1000)" in body["message"]
     assert int(info.value.response.headers["x-ratelimit-limit-tokens"]) == 1000
+    assert fake_a.tokenize_hits == 4
     # Another model, same key: no budget for it, served.
     c.embeddings.create(model="embed-model", input="one")
     # Per-model counters hold that model's usage only; the key's counter holds both.
