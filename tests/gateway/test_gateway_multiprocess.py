@@ -173,3 +173,49 @@ def test_bad_configuration_stops_the_launch(redis_url, variable, value, message)
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_budget_holds_when_prompts_are_five_times_the_estimate(world, start_processes, fake_a):
+    """Whatever the estimate: the upstream counts 5x the bytes/3 estimate of each prompt,
+    200 requests race through 4 processes, and the charge never passes the budget (the
+    documented bound: zero, when the replica counts prompts and enforces its context
+    length and max_tokens)."""
+    import math
+
+    import orjson
+
+    budget = 10_000
+    key = world.snap.key("key-5x", "org-acme", team="team-ml", limits={"daily_tokens": budget})
+    world.snap.model("chat-model", world.snap.models["chat-model"]["routes"], context_length=1024)
+    world.publish()
+    raw = orjson.dumps(CHAT)
+    estimate = math.ceil(len(raw) / 3)
+    fake_a.prompt_tokens = 5 * estimate
+    fake_a.first_byte_delay = 0.02
+    procs = start_processes(4)
+    try:
+
+        def one(i: int) -> int:
+            return httpx.post(
+                procs[i % 4].url + "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+                content=raw,
+                timeout=30,
+            ).status_code
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            statuses = list(pool.map(one, range(200)))
+    finally:
+        fake_a.prompt_tokens = 7
+    admitted = statuses.count(200)
+    assert admitted >= 1 and statuses.count(429) == 200 - admitted
+    events = wait_for(
+        lambda: len(usage_events(world.redis)) == 200 and usage_events(world.redis), timeout=10
+    )
+    charged = sum(e["prompt_tokens"] + e["completion_tokens"] for e in events)
+    day = int(world.redis.time()[0]) // 86400
+    stored = int(world.redis.get(f"sap:lim:key:key-5x:d:{day}"))
+    print(f"5x prompts: {admitted} admitted, {charged} tokens charged of {budget}")
+    assert stored == charged <= budget
+    per_request = 5 * estimate + fake_a.completion_tokens
+    assert budget - charged < per_request + 10  # and the budget was used, not refused early
