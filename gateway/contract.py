@@ -36,6 +36,10 @@ USAGE_STREAM = KEY_PREFIX + "usage"
 USAGE_GROUP = "ledger"
 #: Prefix of the gateway's limit counters (rate windows, budgets, concurrency slots).
 LIMITS_PREFIX = KEY_PREFIX + "lim:"
+#: Set (to a fresh epoch id) once the day and month counters were seeded from the usage
+#: ledger in this Redis. Missing (a Redis that restarted empty): budgets cannot be checked
+#: and the counters are not written until the ledger consumer seeds them again.
+LIMITS_SEEDED_KEY = LIMITS_PREFIX + "seeded"
 #: Liveness of background services that have no HTTP endpoint: the value is the unix
 #: time of the service's last loop, the key expires when it stops (``HEARTBEAT_TTL``).
 HEARTBEAT_PREFIX = KEY_PREFIX + "heartbeat:"

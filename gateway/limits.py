@@ -70,7 +70,8 @@ end
 #: the budget reserve is exact, '0': it is a worst case), then per level: base, rpm, tpm,
 #: concurrency, daily, monthly (-1 = no limit).
 #: Returns {1, sec, day, month, rpm_limit, rpm_remaining, rpm_reset, tpm_limit,
-#: tpm_remaining, tpm_reset}, {0, reason, level index, limit, remaining, retry_after}, or
+#: tpm_remaining, tpm_reset, seed epoch, budget reserve held}, {3} when the counters are
+#: not seeded and a budget applies, {0, reason, level index, limit, remaining, retry_after}, or
 #: {2, reason, level index} when the worst case does not fit a budget but the floor does:
 #: count the prompt and ask again (nothing was changed).
 ADMIT_LUA = (
@@ -90,6 +91,19 @@ local breserve = tonumber(ARGV[5])
 local floor = tonumber(ARGV[6])
 local exact = ARGV[7] == '1'
 local cutoff = sec - 60
+-- Counters not seeded from the ledger (Redis lost them): budgets cannot be checked, and
+-- no counter is written until the seed, which rebuilds them from the ledger.
+local epoch = redis.call('GET', '__SEEDED__')
+if not epoch then
+  for i = 0, n - 1 do
+    local o = 8 + i * 6
+    if tonumber(ARGV[o + 4]) >= 0 or tonumber(ARGV[o + 5]) >= 0 then
+      return {3, 'unseeded', i + 1}
+    end
+  end
+  breserve = 0
+  epoch = ''
+end
 
 local function window(key)
   local flat = redis.call('HGETALL', key)
@@ -209,13 +223,16 @@ for lvl = 1, n do
   end
 end
 return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],
-        best_tpm[1], best_tpm[2], best_tpm[3]}
+        best_tpm[1], best_tpm[2], best_tpm[3], epoch, breserve}
 """
-)
+).replace("__SEEDED__", contract.LIMITS_SEEDED_KEY)
 
 #: KEYS[1]: usage stream. ARGV: member, tpm delta, reservation second ('' if none), day
 #: ('' = today), month, maxlen, event json ('' = none), nlevels, budget delta (day and
-#: month counters), then per level: base, has_tpm, has_conc.
+#: month counters), the reservation's seed epoch, the actual tokens, then per level:
+#: base, has_tpm, has_conc. The budget delta applies only to a reservation of the
+#: current seed epoch; one made before Redis lost its counters is charged in full, and
+#: while the counters are not seeded they are left alone (the seed counts the event).
 SETTLE_LUA = (
     _LUA_CALENDAR
     + r"""
@@ -233,8 +250,14 @@ if day == '' then
 end
 local n = tonumber(ARGV[8])
 local bdelta = tonumber(ARGV[9])
+local current = redis.call('GET', '__SEEDED__')
+if not current then
+  bdelta = 0
+elseif ARGV[10] ~= current then
+  bdelta = tonumber(ARGV[11])
+end
 for i = 0, n - 1 do
-  local o = 10 + i * 3
+  local o = 12 + i * 3
   local base = ARGV[o]
   if ARGV[o + 2] == '1' then
     redis.call('ZREM', base .. ':conc', member)
@@ -256,7 +279,7 @@ if ARGV[7] ~= '' then
 end
 return 1
 """
-)
+).replace("__SEEDED__", contract.LIMITS_SEEDED_KEY)
 
 #: ARGV: member, slot_ttl, then the bases whose concurrency slot to extend.
 RENEW_LUA = r"""
@@ -324,6 +347,8 @@ class Reservation:
     reserved: int = 0
     #: Held in the day and month counters (the worst case, or the exact count).
     budget_reserved: int = 0
+    #: The seed epoch of the counters it was made in ('' = none, nothing held).
+    epoch: str = ""
     sec: int | None = None
     day: int | None = None
     month: int | None = None
@@ -432,11 +457,18 @@ class Limiter:
             result = await self.scripts.run(ADMIT, [], args)
         except (RedisError, OSError) as exc:
             raise LimitsUnavailable(str(exc) or type(exc).__name__) from exc
+        if int(result[0]) == 3:
+            raise LimitsUnavailable(
+                "the budget counters are not seeded from the usage ledger yet (is the "
+                "ledger consumer running?)"
+            )
         if int(result[0]) == 1:
+            epoch = result[10].decode() if isinstance(result[10], bytes) else str(result[10])
             return Reservation(
                 member=member,
                 reserved=reserve,
-                budget_reserved=breserve,
+                budget_reserved=int(result[11]),
+                epoch=epoch,
                 sec=int(result[1]),
                 day=int(result[2]),
                 month=int(result[3]),
@@ -463,7 +495,7 @@ class Limiter:
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
     ) -> list[Any]:
         if reservation is None:
-            return ["", actual_tokens, "", "", "", self.usage_maxlen, event_json, 0, 0]
+            return ["", actual_tokens, "", "", "", self.usage_maxlen, event_json, 0, 0, "", 0]
         args: list[Any] = [
             reservation.member,
             actual_tokens - reservation.reserved,
@@ -474,6 +506,8 @@ class Limiter:
             event_json,
             len(reservation.levels),
             actual_tokens - reservation.budget_reserved,
+            reservation.epoch,
+            actual_tokens,
         ]
         for base, has_tpm, has_conc in reservation.levels:
             args += [base, "1" if has_tpm else "0", "1" if has_conc else "0"]

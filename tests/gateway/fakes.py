@@ -403,6 +403,9 @@ class SnapshotBuilder:
     def publish(self, redis_client: Any, notify: bool = True) -> int:
         snapshot = self.build()
         redis_client.set(contract.SNAPSHOT_KEY, orjson.dumps(snapshot))
+        # The control plane's ledger consumer seeds the budget counters; here there is
+        # no ledger to seed them from, so they are complete as they are.
+        redis_client.set(contract.LIMITS_SEEDED_KEY, "test", nx=True)
         if notify:
             redis_client.publish(contract.SNAPSHOT_CHANNEL, str(snapshot["version"]))
         return snapshot["version"]

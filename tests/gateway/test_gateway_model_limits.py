@@ -109,7 +109,7 @@ def test_team_max_tokens_for_one_model(per_model):
     c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=8)
 
 
-def test_tightest_of_all_models_and_one_model_wins_in_one_admission(redis_url):
+def test_tightest_of_all_models_and_one_model_wins_in_one_admission(redis_client, redis_url):
     """The all-models limit still binds a model with its own, looser limit, and the
     per-model one binds when it is the tighter; both at once, never one half admitted."""
 
