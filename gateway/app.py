@@ -34,6 +34,7 @@ from gateway.limits import (
     has_admission_limits,
     has_budget,
 )
+from gateway.locallimits import LocalLimiter
 from gateway.metrics import Metrics
 from gateway.netguard import NetGuard
 from gateway.policy import Plan, affinity_key_for, level_limits, plan_request
@@ -117,6 +118,7 @@ class Services:
         self.limiter = Limiter(
             self.scripts, settings.concurrency_slot_ttl, settings.usage_stream_maxlen
         )
+        self.local_limits = LocalLimiter(settings.fail_open_share)
         self.usage = UsageRecorder(
             self.redis,
             self.limiter,
@@ -391,10 +393,13 @@ class Gateway:
             reservation = await self._admit_budgeted(ctx, subjects, member, plan)
         except LimitsUnavailable as exc:
             self.metrics.redis_errors.labels("admit").inc()
-            if self.settings.limits_fail_mode == "open":
+            mode = principal.org.get("limits_fail_mode") or self.settings.limits_fail_mode
+            if mode == "open":
+                # This process's share of each limit, kept in memory (429 beyond it).
+                ctx.local_reservation = services.local_limits.admit(subjects, plan.reserve_tokens)
                 log.warning(
-                    "request %s admitted without limit checks (limits fail open): Redis "
-                    "unreachable: %s",
+                    "request %s admitted against this process's share of its limits "
+                    "(limits fail open): Redis unreachable: %s",
                     ctx.request_id,
                     exc,
                 )
@@ -517,6 +522,8 @@ class Gateway:
             else round((ctx.first_byte_at - ctx.started) * 1000, 3),
             "error": ctx.error,
         }
+        if ctx.local_reservation is not None:
+            self.services.local_limits.settle(ctx.local_reservation, actual)
         # Shielded: a cancelled request (server shutdown) must still be accounted for.
         await asyncio.shield(self.services.usage.record(event, reservation, actual))
 

@@ -139,6 +139,9 @@ class OrgEntry(TypedDict):
     log_prompts: bool  # keep prompts/completions in logs
     limits: Limits
     model_limits: NotRequired[ModelLimits]
+    #: "closed" | "open": what the gateway does when it cannot reach its limit store;
+    #: absent or None: the gateway's own setting.
+    limits_fail_mode: NotRequired[str | None]
 
 
 class TeamEntry(TypedDict):

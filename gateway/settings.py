@@ -129,6 +129,9 @@ class Settings:
     chars_per_token: float = 3.0
 
     limits_fail_mode: LimitsFailMode = "closed"
+    #: Share of each limit one process allows on its own while Redis is unreachable and
+    #: the organization fails open (about 1 / the number of gateway processes).
+    fail_open_share: float = 0.25
     #: Seconds after which a concurrency slot of a vanished gateway frees itself.
     concurrency_slot_ttl: float = 900.0
 
@@ -200,6 +203,9 @@ class Settings:
                 env, "GATEWAY_CHARS_PER_TOKEN", cls.chars_per_token, minimum=0.5
             ),
             limits_fail_mode=fail_mode,  # type: ignore[arg-type]
+            fail_open_share=env_float(
+                env, "GATEWAY_FAIL_OPEN_SHARE", cls.fail_open_share, minimum=0.001
+            ),
             concurrency_slot_ttl=env_float(
                 env, "GATEWAY_CONCURRENCY_SLOT_TTL", cls.concurrency_slot_ttl, minimum=1.0
             ),

@@ -127,6 +127,7 @@ def build_snapshot() -> contract.Snapshot:
             "log_prompts": org.log_prompts,
             "limits": _limits(org_limits.get(org.pk)),
             "model_limits": per_model["organization"].get(org.pk, {}),
+            "limits_fail_mode": getattr(org_limits.get(org.pk), "fail_mode", "") or None,
         }
     for team in Team.objects.all():
         snapshot["teams"][str(team.pk)] = {

@@ -118,3 +118,24 @@ def test_limits_api_per_model(world, clients):
     assert LimitPolicy.objects.get(pk=policy_id).model == "tiny-chat"
     r = owner.patch(f"{url}{policy_id}/", {"daily_tokens": 2000}, format="json")
     assert r.status_code == 200 and r.json()["daily_tokens"] == 2000
+
+
+def test_fail_mode_is_set_on_the_organization_policy(world, clients):
+    from controlplane.quotas.models import LimitPolicy
+
+    owner = clients["owner_a"]
+    url = "/api/v1/organizations/org-a/limits/"
+    r = owner.post(url, {"rpm": 10, "fail_mode": "open"}, format="json")
+    assert r.status_code == 201 and r.json()["fail_mode"] == "open", r.json()
+    org_policy = r.json()["id"]
+    r = owner.post(url, {"model": "tiny-chat", "rpm": 5, "fail_mode": "open"}, format="json")
+    assert r.status_code == 400 and "fail_mode" in r.json()["error"]["fields"]
+    team = create_team(actor=SYSTEM, organization=world.org_a, slug="t", name="T")
+    r = owner.post(url, {"team": str(team.pk), "fail_mode": "closed"}, format="json")
+    assert r.status_code == 400 and "fail_mode" in r.json()["error"]["fields"]
+    r = owner.patch(f"{url}{org_policy}/", {"fail_mode": "sometimes"}, format="json")
+    assert r.status_code == 400 and "fail_mode" in r.json()["error"]["fields"]
+    r = owner.patch(f"{url}{org_policy}/", {"fail_mode": "closed"}, format="json")
+    assert r.status_code == 200 and r.json()["fail_mode"] == "closed"
+    assert LimitPolicy.objects.get(pk=org_policy).fail_mode == "closed"
+    assert not LimitPolicy.objects.filter(team=team).exists()

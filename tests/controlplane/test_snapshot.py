@@ -43,6 +43,7 @@ def test_snapshot_holds_keys_orgs_and_models(world, r, django_capture_on_commit_
         create_limit_policy(
             actor=SYSTEM, organization=world.org_a, model="tiny-chat", daily_tokens=1000
         )
+        create_limit_policy(actor=SYSTEM, organization=world.org_b, rpm=9, fail_mode="open")
     assert len(callbacks) == 1  # one publish per transaction, however many changes
     data = stored(r)
     assert data["schema"] == contract.SNAPSHOT_SCHEMA
@@ -53,6 +54,8 @@ def test_snapshot_holds_keys_orgs_and_models(world, r, django_capture_on_commit_
     assert entry["model_limits"] == {"tiny-chat": {"rpm": 3}}
     org = data["orgs"][str(world.org_a.pk)]
     assert org["limits"] == {} and org["model_limits"] == {"tiny-chat": {"daily_tokens": 1000}}
+    assert org["limits_fail_mode"] is None
+    assert data["orgs"][str(world.org_b.pk)]["limits_fail_mode"] == "open"
     assert org["models"] == ["tiny-chat"] and org["allow_external"] is False
     assert data["orgs"][str(world.org_b.pk)]["models"] == []
     assert data["models"]["tiny-chat"]["task"] == "chat"

@@ -120,3 +120,26 @@ def test_usage_buffer_is_bounded(own_redis, keys, gateway_on, fake_a):
         lambda: "gateway_usage_events_dropped_total 2.0" in httpx.get(gw.url + "/metrics").text
     )
     assert len(gw.app.services.usage.buffer) == 2
+
+
+def test_fail_mode_is_set_per_organization(own_redis, upstream_urls, start_gateway, fake_a):
+    """The gateway fails closed by default; an organization set to fail open is admitted
+    against this process's share of each of its limits, and refused past it."""
+    snap = SnapshotBuilder()
+    snap.org("org-open", slug="open", models=("chat-model",))
+    snap.orgs["org-open"]["limits_fail_mode"] = "open"
+    snap.org("org-closed", slug="closed", models=("chat-model",))
+    open_key = snap.key("k-open", "org-open", limits={"rpm": 6, "daily_tokens": 10**6})
+    closed_key = snap.key("k-closed", "org-closed", limits={"rpm": 6})
+    snap.model("chat-model", [route("a", upstream_urls["a"])])
+    snap.publish(own_redis.client())
+    gw = start_gateway(redis_url=own_redis.url, redis_timeout=0.3, fail_open_share=0.5)
+    gw.wait_version(1)
+    own_redis.kill()
+    r = chat(gw.url, closed_key)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+    # Half of rpm 6 in this process: 3 served, then a 429 naming the limit.
+    assert [chat(gw.url, open_key).status_code for _ in range(3)] == [200, 200, 200]
+    r = chat(gw.url, open_key)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "requests per minute of the key (3)" in r.json()["error"]["message"]

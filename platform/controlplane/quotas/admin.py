@@ -19,7 +19,7 @@ class LimitPolicyAdmin(ServiceModelAdmin):
         "monthly_tokens",
     ]
     list_filter = ["model"]
-    fields = ["organization", "team", "api_key", "model", *LIMIT_FIELDS]
+    fields = ["organization", "team", "api_key", "model", *LIMIT_FIELDS, "fail_mode"]
     create_only_fields = ("organization", "team", "api_key", "model")
 
     def create_object(self, actor, data):
@@ -29,6 +29,7 @@ class LimitPolicyAdmin(ServiceModelAdmin):
             team=data.get("team"),
             api_key=data.get("api_key"),
             model=data.get("model") or "",
+            fail_mode=data.get("fail_mode") or "",
             **{name: data.get(name) for name in LIMIT_FIELDS},
         )
 

@@ -11,6 +11,7 @@ from controlplane.tenancy.models import ApiKey, Organization, Team
 from controlplane.tenancy.scoping import ScopedQuerySet
 
 LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens", "max_tokens")
+FAIL_MODES = [("", "gateway default"), ("closed", "closed"), ("open", "open")]
 
 
 def _limit(help_text: str) -> models.PositiveBigIntegerField:
@@ -50,6 +51,15 @@ class LimitPolicy(models.Model):
     daily_tokens = _limit("Token budget per UTC day")
     monthly_tokens = _limit("Token budget per UTC calendar month")
     max_tokens = _limit("Cap on max_tokens of one request")
+    fail_mode = models.CharField(
+        max_length=8,
+        blank=True,
+        default="",
+        choices=FAIL_MODES,
+        help_text="When the gateway cannot reach its limit store: 'closed' refuses requests "
+        "with limits (503), 'open' admits them against per-process shares of each limit; "
+        "empty: the gateway's setting. Only on an organization's all-models policy.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     scope_org_path = "organization"

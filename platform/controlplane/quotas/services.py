@@ -29,6 +29,15 @@ def _check_values(limits: dict) -> None:
         raise ValidationError(errors)
 
 
+def _check_fail_mode(value: str, *, is_org_policy: bool) -> None:
+    if value not in ("", "closed", "open"):
+        raise ValidationError({"fail_mode": "Must be 'closed', 'open' or empty."})
+    if value and not is_org_policy:
+        raise ValidationError(
+            {"fail_mode": "Only an organization's policy for all models has a fail mode."}
+        )
+
+
 @transaction.atomic
 def create_limit_policy(
     *,
@@ -37,10 +46,13 @@ def create_limit_policy(
     team: Team | None = None,
     api_key: ApiKey | None = None,
     model: str = "",
+    fail_mode: str = "",
     **limits,
 ) -> LimitPolicy:
     require(actor, "limits.change", organization)
     _check_values(limits)
+    fail_mode = fail_mode or ""
+    _check_fail_mode(fail_mode, is_org_policy=team is None and api_key is None and not model)
     model = model or ""
     if model and not CatalogModel.objects.filter(alias=model).exists():
         raise ValidationError({"model": f"No model with the alias '{model}'."})
@@ -64,7 +76,12 @@ def create_limit_policy(
             }
         )
     policy = LimitPolicy(
-        organization=organization, team=team, api_key=api_key, model=model, **limits
+        organization=organization,
+        team=team,
+        api_key=api_key,
+        model=model,
+        fail_mode=fail_mode,
+        **limits,
     )
     policy.full_clean()
     policy.save()
@@ -89,8 +106,16 @@ def _require_key_holder(actor: Actor, policy: LimitPolicy) -> None:
 def update_limit_policy(*, actor: Actor, policy: LimitPolicy, **limits) -> LimitPolicy:
     require(actor, "limits.change", policy.organization)
     _require_key_holder(actor, policy)
-    _check_values(limits)
-    changes = apply_changes(policy, limits, LIMIT_FIELDS)
+    fields = LIMIT_FIELDS
+    if "fail_mode" in limits:
+        limits["fail_mode"] = limits["fail_mode"] or ""
+        _check_fail_mode(
+            limits["fail_mode"],
+            is_org_policy=policy.subject == "organization" and not policy.model,
+        )
+        fields = (*LIMIT_FIELDS, "fail_mode")
+    _check_values({k: v for k, v in limits.items() if k != "fail_mode"})
+    changes = apply_changes(policy, limits, fields)
     if changes:
         record_event(
             actor=actor,

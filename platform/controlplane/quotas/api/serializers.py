@@ -18,7 +18,16 @@ class LimitPolicySerializer(StrictModelSerializer):
 
     class Meta:
         model = LimitPolicy
-        fields = ["id", "subject", "team", "api_key", "model", *LIMIT_FIELDS, "updated_at"]
+        fields = [
+            "id",
+            "subject",
+            "team",
+            "api_key",
+            "model",
+            *LIMIT_FIELDS,
+            "fail_mode",
+            "updated_at",
+        ]
         read_only_fields = ["id", "subject", "updated_at"]
         extra_kwargs = {name: {"max_value": 10**15} for name in LIMIT_FIELDS}
         # One policy per subject and model: the service checks it and names the field
