@@ -125,6 +125,7 @@ class Services:
             gateway.metrics,
             maxlen=settings.usage_stream_maxlen,
             buffer_max=settings.usage_buffer_max,
+            journal_dir=settings.journal_dir or None,
         )
         self.watcher = SnapshotWatcher(
             self.redis,

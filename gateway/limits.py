@@ -229,13 +229,16 @@ return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],
 
 #: KEYS[1]: usage stream. ARGV: member, tpm delta, reservation second ('' if none), day
 #: ('' = today), month, maxlen, event json ('' = none), nlevels, budget delta (day and
-#: month counters), the reservation's seed epoch, the actual tokens, then per level:
-#: base, has_tpm, has_conc. The budget delta applies only to a reservation of the
-#: current seed epoch; one made before Redis lost its counters is charged in full, and
-#: while the counters are not seeded they are left alone (the seed counts the event).
+#: month counters), the reservation's seed epoch, the actual tokens, seconds to remember
+#: that the request settled, then per level: base, has_tpm, has_conc. Returns 1, or 0 if
+#: the request had settled already (nothing changed). The budget delta applies only to
+#: a reservation of the current seed epoch; one made before Redis lost its counters is
+#: charged in full, and while the counters are not seeded they are left alone (the seed
+#: counts the event).
 SETTLE_LUA = (
-    _LUA_CALENDAR
-    + r"""
+    (
+        _LUA_CALENDAR
+        + r"""
 local member = ARGV[1]
 local delta = tonumber(ARGV[2])
 local res_sec = ARGV[3]
@@ -250,6 +253,13 @@ if day == '' then
 end
 local n = tonumber(ARGV[8])
 local bdelta = tonumber(ARGV[9])
+-- Each request settles once: a replay (journal) of a settle that was applied although
+-- its answer was lost changes nothing.
+if member ~= '' then
+  if not redis.call('SET', '__PREFIX__settled:' .. member, '1', 'NX', 'EX', ARGV[12]) then
+    return 0
+  end
+end
 local current = redis.call('GET', '__SEEDED__')
 if not current then
   bdelta = 0
@@ -257,7 +267,7 @@ elseif ARGV[10] ~= current then
   bdelta = tonumber(ARGV[11])
 end
 for i = 0, n - 1 do
-  local o = 12 + i * 3
+  local o = 13 + i * 3
   local base = ARGV[o]
   if ARGV[o + 2] == '1' then
     redis.call('ZREM', base .. ':conc', member)
@@ -279,7 +289,10 @@ if ARGV[7] ~= '' then
 end
 return 1
 """
-).replace("__SEEDED__", contract.LIMITS_SEEDED_KEY)
+    )
+    .replace("__SEEDED__", contract.LIMITS_SEEDED_KEY)
+    .replace("__PREFIX__", contract.LIMITS_PREFIX)
+)
 
 #: ARGV: member, slot_ttl, then the bases whose concurrency slot to extend.
 RENEW_LUA = r"""
@@ -304,6 +317,9 @@ REASON_CODES = {
     "monthly_tokens": ("budget_exceeded", "monthly token budget"),
 }
 _NO_LIMIT = -1
+#: Seconds a settled request is remembered, so that a replayed settle is not applied
+#: twice: longer than a journal takes to replay once Redis answers again.
+SETTLED_MARK_TTL = 900
 
 
 class LimitsUnavailable(Exception):
@@ -495,7 +511,20 @@ class Limiter:
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
     ) -> list[Any]:
         if reservation is None:
-            return ["", actual_tokens, "", "", "", self.usage_maxlen, event_json, 0, 0, "", 0]
+            return [
+                "",
+                actual_tokens,
+                "",
+                "",
+                "",
+                self.usage_maxlen,
+                event_json,
+                0,
+                0,
+                "",
+                0,
+                SETTLED_MARK_TTL,
+            ]
         args: list[Any] = [
             reservation.member,
             actual_tokens - reservation.reserved,
@@ -508,6 +537,7 @@ class Limiter:
             actual_tokens - reservation.budget_reserved,
             reservation.epoch,
             actual_tokens,
+            SETTLED_MARK_TTL,
         ]
         for base, has_tpm, has_conc in reservation.levels:
             args += [base, "1" if has_tpm else "0", "1" if has_conc else "0"]
@@ -517,8 +547,12 @@ class Limiter:
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
     ) -> None:
         """Replace the reservation by the real count, free the slot, append the event."""
-        args = self.settle_args(reservation, actual_tokens, event_json)
-        await self.scripts.run(SETTLE, [contract.USAGE_STREAM], args)
+        await self.run_settle(self.settle_args(reservation, actual_tokens, event_json))
+
+    async def run_settle(self, args: list[Any]) -> bool:
+        """Run a settle from its arguments (a journal replays them); ``False`` if that
+        request had settled already."""
+        return int(await self.scripts.run(SETTLE, [contract.USAGE_STREAM], args)) == 1
 
 
 def refusal(

@@ -146,13 +146,20 @@ class Metrics:
         )
         self.usage_buffered = Gauge(
             "gateway_usage_events_buffered",
-            "Usage events held in memory while Redis is unreachable.",
+            "Settles (token deltas, slot release, usage event) in the journal while Redis "
+            "is unreachable: the journal's depth.",
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self.journal_oldest = Gauge(
+            "gateway_settle_journal_oldest_seconds",
+            "Age of the oldest settle in the journal (0 when empty).",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.usage_dropped = Counter(
             "gateway_usage_events_dropped_total",
-            "Usage events dropped because the in-memory buffer was full.",
+            "Settles dropped (oldest first) because the journal was full.",
             registry=reg,
         )
         self.snapshot_version = Gauge(

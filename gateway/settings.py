@@ -161,6 +161,8 @@ class Settings:
     snapshot_poll_interval: float = 1.0
     usage_stream_maxlen: int = 1_000_000
     usage_buffer_max: int = 100_000
+    #: Directory of the settle journal files (one per process); empty: memory only.
+    journal_dir: str = ""
     accept_client_request_id: bool = False
 
     @classmethod
@@ -248,6 +250,7 @@ class Settings:
             usage_buffer_max=env_int(
                 env, "GATEWAY_USAGE_BUFFER_MAX", cls.usage_buffer_max, minimum=1
             ),
+            journal_dir=env.get("GATEWAY_JOURNAL_DIR", ""),
             accept_client_request_id=env_bool(env, "GATEWAY_ACCEPT_CLIENT_REQUEST_ID", False),
         )
         if settings.concurrency_slot_ttl <= max(settings.first_byte_timeout, settings.idle_timeout):
