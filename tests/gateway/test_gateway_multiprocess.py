@@ -75,7 +75,23 @@ def test_missed_notice_is_caught_by_the_poll(world, start_processes):
     assert max(delays) < 2.5, delays  # the ~1 s version poll, plus scheduling slack
 
 
-def run_concurrently(procs, key: str, count: int, body=CHAT) -> list[int]:
+def run_concurrently(procs, key: str, count: int, body=CHAT, at_once: bool = False) -> list[int]:
+    """``count`` requests spread over ``procs``. ``at_once``: each from its own connected
+    client, all released together by a barrier, so admissions race as hard as they can."""
+    if at_once:
+        barrier = threading.Barrier(count)
+
+        def racer(i: int) -> int:
+            with httpx.Client(base_url=procs[i % len(procs)].url, timeout=60) as client:
+                client.get("/healthz")  # connected before the race
+                barrier.wait()
+                return client.post(
+                    "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body
+                ).status_code
+
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return list(pool.map(racer, range(count)))
+
     def one(i: int) -> int:
         url = procs[i % len(procs)].url
         return httpx.post(
@@ -95,7 +111,7 @@ def test_rate_limit_is_exact_across_four_processes(world, start_processes, fake_
     world.publish()
     procs = start_processes(4)
     fake_a.first_byte_delay = 0.02  # keep many requests in flight at once
-    statuses = run_concurrently(procs, key, 120)
+    statuses = run_concurrently(procs, key, 120, at_once=True)
     assert statuses.count(200) == limit
     assert statuses.count(429) == 120 - limit
     events = wait_for(
