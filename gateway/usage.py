@@ -222,4 +222,4 @@ class UsageRecorder:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("settle journal replay failed: %r", exc)
+                log.warning("settle journal replay failed (will retry): %r", exc)
