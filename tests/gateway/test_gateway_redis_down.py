@@ -164,7 +164,7 @@ def test_settles_in_flight_are_journaled_on_disk_and_replayed_once(
     snap.publish(own_redis.client())
     gw = start_gateway(redis_url=own_redis.url, redis_timeout=0.3, journal_dir=str(tmp_path))
     gw.wait_version(1)
-    fake_a.first_byte_delay = 0.5
+    fake_a.first_byte_delay = 3.0  # all 8 still waiting on the upstream when Redis dies
     statuses: list[int] = []
     threads = [
         threading.Thread(target=lambda: statuses.append(chat(gw.url, key).status_code))
