@@ -10,7 +10,10 @@ Runs (all on 127.0.0.1, all stopped at the end):
 
 then the same ``wrk`` load (POST of a small chat request) straight at nginx and through
 the gateway, at 1 connection and at 64, and prints requests/s, p50 and p99 latency and
-the difference.
+the difference. Through the gateway twice: ``far`` (the budgets are far from their
+limits: one admission call) and ``near`` (a model whose worst case never fits the daily
+budget, so every request is counted by the upstream's ``/tokenize`` and admitted again
+with the exact cost: the budgets' slow path).
 
     .venv/bin/python bench/gateway_overhead.py [--duration 10] [--workers 2]
         [--connections 1,64] [--no-access-log]
@@ -112,6 +115,10 @@ http {{
     keepalive_requests 1000000;
     server {{
         listen 127.0.0.1:{port};
+        location = /tokenize {{
+            default_type application/json;
+            return 200 '{{"count": 12, "max_model_len": 8192}}';
+        }}
         location / {{
             default_type application/json;
             return 200 '{body}';
@@ -176,7 +183,7 @@ def publish_snapshot(redis_url: str, upstream: str) -> str:
         "orgs": {
             "bench-org": {
                 "slug": "bench",
-                "models": ["bench-model"],
+                "models": ["bench-model", "bench-near"],
                 "allow_external": False,
                 "log_prompts": False,
                 "limits": GENEROUS,
@@ -184,6 +191,22 @@ def publish_snapshot(redis_url: str, upstream: str) -> str:
         },
         "teams": {"bench-team": {"org": "bench-org", "limits": GENEROUS}},
         "models": {
+            # Near its budgets: its context length (the worst case of a prompt) is larger
+            # than the daily budget, so every request takes the exact-count path.
+            "bench-near": {
+                "task": "chat",
+                "openness": "open-weights",
+                "context_length": 10**17,
+                "routes": [
+                    {
+                        "id": "stub-near",
+                        "url": upstream,
+                        "api_key": "stub-key",
+                        "model": "stub",
+                        "external": False,
+                    }
+                ],
+            },
             "bench-model": {
                 "task": "chat",
                 "openness": "open-weights",
@@ -197,19 +220,21 @@ def publish_snapshot(redis_url: str, upstream: str) -> str:
                         "external": False,
                     }
                 ],
-            }
+            },
         },
     }
     client = redis.Redis.from_url(redis_url)
     client.set(contract.SNAPSHOT_KEY, orjson.dumps(snapshot))
+    # No usage ledger here: the budget counters are complete as they are.
+    client.set(contract.LIMITS_SEEDED_KEY, "bench")
     client.publish(contract.SNAPSHOT_CHANNEL, "1")
     client.close()
     return full
 
 
-def wrk_script(tmp: Path, api_key: str) -> Path:
-    script = tmp / "post.lua"
-    body = orjson.dumps(REQUEST).decode()
+def wrk_script(tmp: Path, api_key: str, model: str = "bench-model") -> Path:
+    script = tmp / f"post-{model}.lua"
+    body = orjson.dumps({**REQUEST, "model": model}).decode()
     script.write_text(
         f"""
 wrk.method = "POST"
@@ -328,17 +353,31 @@ def main() -> int:
         )
         if check.status_code != 200:
             sys.exit(f"gateway answered {check.status_code}: {check.text}")
+        check = httpx.post(
+            gw_url + "/v1/chat/completions",
+            json={**REQUEST, "model": "bench-near"},
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+        if check.status_code != 200:
+            sys.exit(f"gateway answered {check.status_code} (near): {check.text}")
         script = wrk_script(tmp, api_key)
+        scripts = {
+            "nginx": script,
+            "gateway": script,
+            "gw-near": wrk_script(tmp, api_key, "bench-near"),
+        }
 
         results: dict[tuple[str, int], dict[str, float]] = {}
         levels = [int(c) for c in args.connections.split(",")]
-        sent_through = 1  # the check request above
+        sent_through = 2  # the check requests above
         in_flight_at_stop = 0  # wrk does not count requests still open when it stops
         for connections in levels:
-            for name, url in (("nginx", nginx_url), ("gateway", gw_url)):
-                warm = run_wrk(url, script, connections, 2)
-                results[(name, connections)] = run_wrk(url, script, connections, args.duration)
-                if name == "gateway":
+            for name, url in (("nginx", nginx_url), ("gateway", gw_url), ("gw-near", gw_url)):
+                warm = run_wrk(url, scripts[name], connections, 2)
+                results[(name, connections)] = run_wrk(
+                    url, scripts[name], connections, args.duration
+                )
+                if name != "nginx":
                     sent_through += warm["requests"] + results[(name, connections)]["requests"]
                     in_flight_at_stop += 2 * connections
 
@@ -351,13 +390,15 @@ def main() -> int:
             )
         print()
         ok = True
-        for connections in levels:
-            direct, via = results[("nginx", connections)], results[("gateway", connections)]
+        for connections, path in ((c, p) for c in levels for p in ("gateway", "gw-near")):
+            direct, via = results[("nginx", connections)], results[(path, connections)]
             added50 = via["p50_ms"] - direct["p50_ms"]
             added99 = via["p99_ms"] - direct["p99_ms"]
+            where = "far from budgets" if path == "gateway" else "near budgets (exact count)"
             print(
-                f"{connections:>2} conn: gateway adds {added50:.3f} ms at p50, {added99:.3f} ms "
-                f"at p99; throughput {via['rps']:.0f} vs {direct['rps']:.0f} req/s direct"
+                f"{connections:>2} conn, {where}: gateway adds {added50:.3f} ms at p50, "
+                f"{added99:.3f} ms at p99; throughput {via['rps']:.0f} vs "
+                f"{direct['rps']:.0f} req/s direct"
             )
             if via["errors"]:
                 ok = False

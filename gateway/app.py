@@ -25,7 +25,16 @@ from gateway import contract
 from gateway.auth import Principal, authenticate, presented_key, require_scope
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.limits import Limiter, LimitsUnavailable, Reservation, Subject, has_admission_limits
+from gateway.limits import (
+    Limiter,
+    LimitsUnavailable,
+    NeedsExactCount,
+    Reservation,
+    Subject,
+    has_admission_limits,
+    has_budget,
+)
+from gateway.locallimits import LocalLimiter
 from gateway.metrics import Metrics
 from gateway.netguard import NetGuard
 from gateway.policy import Plan, affinity_key_for, level_limits, plan_request
@@ -34,6 +43,7 @@ from gateway.resp import ScriptClient
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.snapshot import CompiledSnapshot, SnapshotHolder, SnapshotWatcher
+from gateway.tokencount import count_prompt
 from gateway.upstream import UpstreamClient
 from gateway.usage import UsageRecorder
 
@@ -108,12 +118,14 @@ class Services:
         self.limiter = Limiter(
             self.scripts, settings.concurrency_slot_ttl, settings.usage_stream_maxlen
         )
+        self.local_limits = LocalLimiter(settings.fail_open_share)
         self.usage = UsageRecorder(
             self.redis,
             self.limiter,
             gateway.metrics,
             maxlen=settings.usage_stream_maxlen,
             buffer_max=settings.usage_buffer_max,
+            journal_dir=settings.journal_dir or None,
         )
         self.watcher = SnapshotWatcher(
             self.redis,
@@ -370,19 +382,25 @@ class Gateway:
     ) -> Reservation | None:
         services = self.services
         assert services is not None
-        subjects = [Subject(level, sid, lim) for level, sid, lim in level_limits(principal)]
+        subjects = [
+            Subject(level, sid, lim, model)
+            for level, sid, lim, model in level_limits(principal, plan.alias)
+        ]
         # Unique even when clients reuse request ids: the slot must be this request's.
         member = f"{ctx.request_id}:{self._instance}:{next(self._sequence)}"
         if not has_admission_limits(subjects):
             return services.limiter.unlimited(subjects, member)
         try:
-            reservation = await services.limiter.admit(subjects, member, plan.reserve_tokens)
+            reservation = await self._admit_budgeted(ctx, subjects, member, plan)
         except LimitsUnavailable as exc:
             self.metrics.redis_errors.labels("admit").inc()
-            if self.settings.limits_fail_mode == "open":
+            mode = principal.org.get("limits_fail_mode") or self.settings.limits_fail_mode
+            if mode == "open":
+                # This process's share of each limit, kept in memory (429 beyond it).
+                ctx.local_reservation = services.local_limits.admit(subjects, plan.reserve_tokens)
                 log.warning(
-                    "request %s admitted without limit checks (limits fail open): Redis "
-                    "unreachable: %s",
+                    "request %s admitted against this process's share of its limits "
+                    "(limits fail open): Redis unreachable: %s",
                     ctx.request_id,
                     exc,
                 )
@@ -399,6 +417,36 @@ class Gateway:
         if any(has_conc for _, _, has_conc in reservation.levels):
             ctx.renew_slot = lambda: services.limiter.renew_slot(reservation)
         return reservation
+
+    async def _admit_budgeted(
+        self, ctx: RequestContext, subjects: list[Subject], member: str, plan: Plan
+    ) -> Reservation:
+        """Admit with the estimate; a token budget holds the request's worst case. Near
+        a budget (the worst case does not fit), count the prompt exactly and admit the
+        exact cost instead, so no estimate can overspend a budget."""
+        limiter = self.services.limiter  # type: ignore[union-attr]
+        if not has_budget(subjects) or plan.worst_tokens <= plan.reserve_tokens:
+            return await limiter.admit(subjects, member, plan.reserve_tokens)
+        try:
+            return await limiter.admit(
+                subjects,
+                member,
+                plan.reserve_tokens,
+                budget_reserve=plan.worst_tokens,
+                floor=plan.completion_tokens + 1,
+            )
+        except NeedsExactCount as near:
+            self.metrics.prompt_counts.labels(near.reason).inc()
+        counted = await count_prompt(self.services.proxy.client, plan)  # type: ignore[union-attr]
+        if counted is None:
+            # No replica could count: the body's size bounds the prompt (a token is at
+            # least one byte of text).
+            self.metrics.prompt_count_failures.inc()
+            cost = max(plan.reserve_tokens, plan.body_bytes + plan.completion_tokens)
+        else:
+            cost = counted + plan.completion_tokens
+            ctx.prompt_counted = counted
+        return await limiter.admit(subjects, member, cost, budget_reserve=None)
 
     async def _finish(
         self, ctx: RequestContext, reservation: Reservation | None, plan: Plan | None
@@ -453,7 +501,7 @@ class Gateway:
             and not ctx.usage_reported
         ):
             # A success the upstream did not count: keep the worst case reserved.
-            actual = reservation.reserved
+            actual = max(reservation.reserved, reservation.budget_reserved)
         event: contract.UsageEvent = {
             "schema": contract.USAGE_SCHEMA,
             "request_id": ctx.request_id,
@@ -475,6 +523,8 @@ class Gateway:
             else round((ctx.first_byte_at - ctx.started) * 1000, 3),
             "error": ctx.error,
         }
+        if ctx.local_reservation is not None:
+            self.services.local_limits.settle(ctx.local_reservation, actual)
         # Shielded: a cancelled request (server shutdown) must still be accounted for.
         await asyncio.shield(self.services.usage.record(event, reservation, actual))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.auth import Principal
 
@@ -24,6 +25,10 @@ class RequestContext:
     owner: str | None = None  # Route.owner of ``replica``: None = platform capacity
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: What the request holds in this process's approximate limits (failing open).
+    local_reservation: Any = None
+    #: The prompt as the replica counted it before admission (near a budget), if it did.
+    prompt_counted: int | None = None
     usage_reported: bool = False
     first_byte_at: float | None = None  # perf_counter
     upstream_sent_at: float | None = None  # perf_counter

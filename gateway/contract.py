@@ -36,6 +36,10 @@ USAGE_STREAM = KEY_PREFIX + "usage"
 USAGE_GROUP = "ledger"
 #: Prefix of the gateway's limit counters (rate windows, budgets, concurrency slots).
 LIMITS_PREFIX = KEY_PREFIX + "lim:"
+#: Set (to a fresh epoch id) once the day and month counters were seeded from the usage
+#: ledger in this Redis. Missing (a Redis that restarted empty): budgets cannot be checked
+#: and the counters are not written until the ledger consumer seeds them again.
+LIMITS_SEEDED_KEY = LIMITS_PREFIX + "seeded"
 #: Liveness of background services that have no HTTP endpoint: the value is the unix
 #: time of the service's last loop, the key expires when it stops (``HEARTBEAT_TTL``).
 HEARTBEAT_PREFIX = KEY_PREFIX + "heartbeat:"
@@ -109,6 +113,10 @@ class Limits(TypedDict, total=False):
 
 LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens", "max_tokens")
 
+#: Limits of a subject for one model alias, on top of its limits for all models:
+#: ``{alias: Limits}``. Absent or empty: no per-model limits.
+ModelLimits = dict[str, Limits]
+
 
 class KeyEntry(TypedDict):
     id: str  # the key's id (uuid)
@@ -121,6 +129,7 @@ class KeyEntry(TypedDict):
     expires_at: float | None  # unix time
     revoked: bool
     limits: Limits
+    model_limits: NotRequired[ModelLimits]
 
 
 class OrgEntry(TypedDict):
@@ -129,11 +138,16 @@ class OrgEntry(TypedDict):
     allow_external: bool  # may requests leave the house (open-access upstreams)
     log_prompts: bool  # keep prompts/completions in logs
     limits: Limits
+    model_limits: NotRequired[ModelLimits]
+    #: "closed" | "open": what the gateway does when it cannot reach its limit store;
+    #: absent or None: the gateway's own setting.
+    limits_fail_mode: NotRequired[str | None]
 
 
 class TeamEntry(TypedDict):
     org: str
     limits: Limits
+    model_limits: NotRequired[ModelLimits]
 
 
 class Route(TypedDict):

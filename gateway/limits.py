@@ -1,11 +1,11 @@
 """Rate limits, concurrency slots and token budgets, enforced atomically in Redis.
 
-One Lua call admits a request against every level at once (key, team, organization),
-so admission is atomic across levels and across gateway processes; the tightest limit
-wins. A request reserves its worst case (prompt estimate + completion bound) and a
-second call settles the real count once the upstream has reported ``usage``; that same
-call frees the concurrency slot and appends the usage event, so a request costs two
-Redis round trips in all.
+One Lua call admits a request against every level at once (key, team, organization,
+each for all models and for the requested model), so admission is atomic across levels
+and across gateway processes; the tightest limit wins. A request reserves its worst case
+(prompt estimate + completion bound) and a second call settles the real count once the
+upstream has reported ``usage``; that same call frees the concurrency slot and appends
+the usage event, so a request costs two Redis round trips in all.
 
 Semantics (all clocks are Redis server time):
 
@@ -18,6 +18,10 @@ Semantics (all clocks are Redis server time):
   (``<base>:d:<days since epoch>``, ``<base>:m:<yyyymm>``). They are kept for every
   subject whether or not it has a budget, so a budget introduced mid-period sees the
   period's usage so far.
+
+A subject's usage of one model has its own base, ``<base>:model:<alias>``, with the same
+counters; it is one more level of the admission, limited by the subject's limits for
+that alias (none: counted only).
 
 Key names are built inside the scripts (the day depends on the server's clock), which
 needs a standalone Redis (or Sentinel), not Redis Cluster.
@@ -62,10 +66,14 @@ local function days_from_civil(y, m)
 end
 """
 
-#: ARGV: member, reserve, slot_ttl, nlevels, then per level: base, rpm, tpm, concurrency,
-#: daily, monthly (-1 = no limit).
+#: ARGV: member, reserve, slot_ttl, nlevels, budget reserve, budget floor, exact ('1':
+#: the budget reserve is exact, '0': it is a worst case), then per level: base, rpm, tpm,
+#: concurrency, daily, monthly (-1 = no limit).
 #: Returns {1, sec, day, month, rpm_limit, rpm_remaining, rpm_reset, tpm_limit,
-#: tpm_remaining, tpm_reset} or {0, reason, level index, limit, remaining, retry_after}.
+#: tpm_remaining, tpm_reset, seed epoch, budget reserve held}, {3} when the counters are
+#: not seeded and a budget applies, {0, reason, level index, limit, remaining, retry_after}, or
+#: {2, reason, level index} when the worst case does not fit a budget but the floor does:
+#: count the prompt and ask again (nothing was changed).
 ADMIT_LUA = (
     _LUA_CALENDAR
     + r"""
@@ -79,7 +87,23 @@ local member = ARGV[1]
 local reserve = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+local breserve = tonumber(ARGV[5])
+local floor = tonumber(ARGV[6])
+local exact = ARGV[7] == '1'
 local cutoff = sec - 60
+-- Counters not seeded from the ledger (Redis lost them): budgets cannot be checked, and
+-- no counter is written until the seed, which rebuilds them from the ledger.
+local epoch = redis.call('GET', '__SEEDED__')
+if not epoch then
+  for i = 0, n - 1 do
+    local o = 8 + i * 6
+    if tonumber(ARGV[o + 4]) >= 0 or tonumber(ARGV[o + 5]) >= 0 then
+      return {3, 'unseeded', i + 1}
+    end
+  end
+  breserve = 0
+  epoch = ''
+end
 
 local function window(key)
   local flat = redis.call('HGETALL', key)
@@ -115,7 +139,7 @@ local state = {}
 local best_rpm = {-1, -1, 0}
 local best_tpm = {-1, -1, 0}
 for i = 0, n - 1 do
-  local o = 5 + i * 6
+  local o = 8 + i * 6
   local base = ARGV[o]
   local rpm = tonumber(ARGV[o + 1])
   local tpm = tonumber(ARGV[o + 2])
@@ -158,14 +182,16 @@ for i = 0, n - 1 do
   end
   if daily >= 0 then
     local used = tonumber(redis.call('GET', base .. ':d:' .. day) or '0')
-    if used + reserve > daily then
+    if used + breserve > daily then
+      if not exact and used + floor <= daily then return {2, 'daily_tokens', lvl} end
       return {0, 'daily_tokens', lvl, daily, math.max(0, daily - used),
               (day + 1) * 86400 - sec}
     end
   end
   if monthly >= 0 then
     local used = tonumber(redis.call('GET', base .. ':m:' .. month) or '0')
-    if used + reserve > monthly then
+    if used + breserve > monthly then
+      if not exact and used + floor <= monthly then return {2, 'monthly_tokens', lvl} end
       local ny, nm = y, m + 1
       if nm > 12 then ny, nm = y + 1, 1 end
       return {0, 'monthly_tokens', lvl, monthly, math.max(0, monthly - used),
@@ -189,24 +215,30 @@ for lvl = 1, n do
     redis.call('ZADD', base .. ':conc', now + ttl, member)
     redis.call('EXPIRE', base .. ':conc', math.ceil(ttl) + 60)
   end
-  if reserve ~= 0 then
-    redis.call('INCRBY', base .. ':d:' .. day, reserve)
+  if breserve ~= 0 then
+    redis.call('INCRBY', base .. ':d:' .. day, breserve)
     redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
-    redis.call('INCRBY', base .. ':m:' .. month, reserve)
+    redis.call('INCRBY', base .. ':m:' .. month, breserve)
     redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
   end
 end
 return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],
-        best_tpm[1], best_tpm[2], best_tpm[3]}
+        best_tpm[1], best_tpm[2], best_tpm[3], epoch, breserve}
 """
-)
+).replace("__SEEDED__", contract.LIMITS_SEEDED_KEY)
 
-#: KEYS[1]: usage stream. ARGV: member, delta, reservation second ('' if none), day
-#: ('' = today), month, maxlen, event json ('' = none), nlevels, then per level: base,
-#: has_tpm, has_conc.
+#: KEYS[1]: usage stream. ARGV: member, tpm delta, reservation second ('' if none), day
+#: ('' = today), month, maxlen, event json ('' = none), nlevels, budget delta (day and
+#: month counters), the reservation's seed epoch, the actual tokens, seconds to remember
+#: that the request settled, then per level: base, has_tpm, has_conc. Returns 1, or 0 if
+#: the request had settled already (nothing changed). The budget delta applies only to
+#: a reservation of the current seed epoch; one made before Redis lost its counters is
+#: charged in full, and while the counters are not seeded they are left alone (the seed
+#: counts the event).
 SETTLE_LUA = (
-    _LUA_CALENDAR
-    + r"""
+    (
+        _LUA_CALENDAR
+        + r"""
 local member = ARGV[1]
 local delta = tonumber(ARGV[2])
 local res_sec = ARGV[3]
@@ -220,21 +252,35 @@ if day == '' then
   month = tostring(y * 100 + m)
 end
 local n = tonumber(ARGV[8])
+local bdelta = tonumber(ARGV[9])
+-- Each request settles once: a replay (journal) of a settle that was applied although
+-- its answer was lost changes nothing.
+if member ~= '' then
+  if not redis.call('SET', '__PREFIX__settled:' .. member, '1', 'NX', 'EX', ARGV[12]) then
+    return 0
+  end
+end
+local current = redis.call('GET', '__SEEDED__')
+if not current then
+  bdelta = 0
+elseif ARGV[10] ~= current then
+  bdelta = tonumber(ARGV[11])
+end
 for i = 0, n - 1 do
-  local o = 9 + i * 3
+  local o = 13 + i * 3
   local base = ARGV[o]
   if ARGV[o + 2] == '1' then
     redis.call('ZREM', base .. ':conc', member)
   end
-  if delta ~= 0 then
-    if ARGV[o + 1] == '1' and res_sec ~= '' then
-      if redis.call('HEXISTS', base .. ':tpm', res_sec) == 1 then
-        redis.call('HINCRBY', base .. ':tpm', res_sec, delta)
-      end
+  if delta ~= 0 and ARGV[o + 1] == '1' and res_sec ~= '' then
+    if redis.call('HEXISTS', base .. ':tpm', res_sec) == 1 then
+      redis.call('HINCRBY', base .. ':tpm', res_sec, delta)
     end
-    redis.call('INCRBY', base .. ':d:' .. day, delta)
+  end
+  if bdelta ~= 0 then
+    redis.call('INCRBY', base .. ':d:' .. day, bdelta)
     redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
-    redis.call('INCRBY', base .. ':m:' .. month, delta)
+    redis.call('INCRBY', base .. ':m:' .. month, bdelta)
     redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
   end
 end
@@ -243,6 +289,9 @@ if ARGV[7] ~= '' then
 end
 return 1
 """
+    )
+    .replace("__SEEDED__", contract.LIMITS_SEEDED_KEY)
+    .replace("__PREFIX__", contract.LIMITS_PREFIX)
 )
 
 #: ARGV: member, slot_ttl, then the bases whose concurrency slot to extend.
@@ -268,6 +317,9 @@ REASON_CODES = {
     "monthly_tokens": ("budget_exceeded", "monthly token budget"),
 }
 _NO_LIMIT = -1
+#: Seconds a settled request is remembered, so that a replayed settle is not applied
+#: twice: longer than a journal takes to replay once Redis answers again.
+SETTLED_MARK_TTL = 900
 
 
 class LimitsUnavailable(Exception):
@@ -279,16 +331,40 @@ class Subject:
     level: str  # "key" | "team" | "org"
     id: str
     limits: contract.Limits
+    #: A model alias: this subject's usage and limits for that model only.
+    model: str | None = None
 
     @property
     def base(self) -> str:
-        return f"{contract.LIMITS_PREFIX}{self.level}:{self.id}"
+        base = f"{contract.LIMITS_PREFIX}{self.level}:{self.id}"
+        # Aliases are [a-z0-9._-]: no ':' to collide with the suffixes below.
+        return base if self.model is None else f"{base}:model:{self.model}"
+
+    @property
+    def label(self) -> str:
+        """How a refusal names this subject."""
+        return self.level if self.model is None else f"{self.level} for the model '{self.model}'"
+
+
+class NeedsExactCount(Exception):
+    """The worst case of a request does not fit a token budget but its floor does: count
+    the prompt exactly and admit again (the admission changed nothing)."""
+
+    def __init__(self, reason: str, level: str) -> None:
+        super().__init__(f"{reason} of the {level}")
+        self.reason = reason
+        self.level = level
 
 
 @dataclass(slots=True)
 class Reservation:
     member: str
+    #: Held in the tokens-per-minute windows.
     reserved: int = 0
+    #: Held in the day and month counters (the worst case, or the exact count).
+    budget_reserved: int = 0
+    #: The seed epoch of the counters it was made in ('' = none, nothing held).
+    epoch: str = ""
     sec: int | None = None
     day: int | None = None
     month: int | None = None
@@ -307,6 +383,14 @@ def has_admission_limits(subjects: list[Subject]) -> bool:
         s.limits.get(name) is not None
         for s in subjects
         for name in ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens")
+    )
+
+
+def has_budget(subjects: list[Subject]) -> bool:
+    return any(
+        s.limits.get(name) is not None
+        for s in subjects
+        for name in ("daily_tokens", "monthly_tokens")
     )
 
 
@@ -346,10 +430,35 @@ class Limiter:
         if bases:
             await self.scripts.run(RENEW, [], [reservation.member, self.slot_ttl, *bases])
 
-    async def admit(self, subjects: list[Subject], member: str, reserve: int) -> Reservation:
-        """Reserve ``reserve`` tokens, one request and one slot at every level, or raise
-        a 429 ``GatewayError`` naming the limit; ``LimitsUnavailable`` if Redis is down."""
-        args: list[Any] = [member, reserve, self.slot_ttl, len(subjects)]
+    async def admit(
+        self,
+        subjects: list[Subject],
+        member: str,
+        reserve: int,
+        *,
+        budget_reserve: int | None = None,
+        floor: int = 0,
+    ) -> Reservation:
+        """Reserve ``reserve`` tokens in the minute windows and ``budget_reserve`` (by
+        default the same) in the day and month counters, one request and one slot at
+        every level, or raise a 429 ``GatewayError`` naming the limit;
+        ``LimitsUnavailable`` if Redis is down.
+
+        With ``budget_reserve`` given, it is a worst case: when it does not fit a budget
+        but ``floor`` (the least the request can cost) does, nothing is reserved and
+        ``NeedsExactCount`` is raised; the caller counts and admits again with exact
+        figures."""
+        exact = budget_reserve is None
+        breserve = reserve if budget_reserve is None else budget_reserve
+        args: list[Any] = [
+            member,
+            reserve,
+            self.slot_ttl,
+            len(subjects),
+            breserve,
+            floor,
+            "1" if exact else "0",
+        ]
         for s in subjects:
             lim = s.limits
             args += [
@@ -364,10 +473,18 @@ class Limiter:
             result = await self.scripts.run(ADMIT, [], args)
         except (RedisError, OSError) as exc:
             raise LimitsUnavailable(str(exc) or type(exc).__name__) from exc
+        if int(result[0]) == 3:
+            raise LimitsUnavailable(
+                "the budget counters are not seeded from the usage ledger yet (is the "
+                "ledger consumer running?)"
+            )
         if int(result[0]) == 1:
+            epoch = result[10].decode() if isinstance(result[10], bytes) else str(result[10])
             return Reservation(
                 member=member,
                 reserved=reserve,
+                budget_reserved=int(result[11]),
+                epoch=epoch,
                 sec=int(result[1]),
                 day=int(result[2]),
                 month=int(result[3]),
@@ -382,15 +499,32 @@ class Limiter:
                 headers=_rate_headers([int(v) for v in result[4:10]]),
             )
         reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
-        level = subjects[int(result[2]) - 1].level
+        subject = subjects[int(result[2]) - 1]
+        if int(result[0]) == 2:
+            raise NeedsExactCount(reason, subject.label)
         limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
-        raise refusal(reason, level, limit, remaining, retry_after, reserve)
+        raise refusal(
+            reason, subject.level, limit, remaining, retry_after, reserve, label=subject.label
+        )
 
     def settle_args(
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
     ) -> list[Any]:
         if reservation is None:
-            return ["", actual_tokens, "", "", "", self.usage_maxlen, event_json, 0]
+            return [
+                "",
+                actual_tokens,
+                "",
+                "",
+                "",
+                self.usage_maxlen,
+                event_json,
+                0,
+                0,
+                "",
+                0,
+                SETTLED_MARK_TTL,
+            ]
         args: list[Any] = [
             reservation.member,
             actual_tokens - reservation.reserved,
@@ -400,6 +534,10 @@ class Limiter:
             self.usage_maxlen,
             event_json,
             len(reservation.levels),
+            actual_tokens - reservation.budget_reserved,
+            reservation.epoch,
+            actual_tokens,
+            SETTLED_MARK_TTL,
         ]
         for base, has_tpm, has_conc in reservation.levels:
             args += [base, "1" if has_tpm else "0", "1" if has_conc else "0"]
@@ -409,22 +547,34 @@ class Limiter:
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
     ) -> None:
         """Replace the reservation by the real count, free the slot, append the event."""
-        args = self.settle_args(reservation, actual_tokens, event_json)
-        await self.scripts.run(SETTLE, [contract.USAGE_STREAM], args)
+        await self.run_settle(self.settle_args(reservation, actual_tokens, event_json))
+
+    async def run_settle(self, args: list[Any]) -> bool:
+        """Run a settle from its arguments (a journal replays them); ``False`` if that
+        request had settled already."""
+        return int(await self.scripts.run(SETTLE, [contract.USAGE_STREAM], args)) == 1
 
 
 def refusal(
-    reason: str, level: str, limit: int, remaining: int, retry_after: int, reserve: int
+    reason: str,
+    level: str,
+    limit: int,
+    remaining: int,
+    retry_after: int,
+    reserve: int,
+    *,
+    label: str | None = None,
 ) -> GatewayError:
     code, what = REASON_CODES.get(reason, ("rate_limit_exceeded", reason))
+    label = label or level
     if reason == "tpm_request":
         message = (
-            f"This request needs up to {reserve} tokens, more than the {level}'s limit of "
-            f"{limit} tokens per minute; lower max_tokens or the prompt size."
+            f"This request needs up to {reserve} tokens, more than the limit of the {label} "
+            f"of {limit} tokens per minute; lower max_tokens or the prompt size."
         )
     else:
         message = (
-            f"Rate limit reached: {what} of the {level} ({limit}). Retry after {retry_after} s."
+            f"Rate limit reached: {what} of the {label} ({limit}). Retry after {retry_after} s."
         )
     headers = [(b"retry-after", str(retry_after).encode())]
     if reason in ("rpm",):

@@ -86,6 +86,18 @@ class Metrics:
             ["org", "reason", "level"],
             registry=reg,
         )
+        self.prompt_counts = Counter(
+            "gateway_prompt_counts_total",
+            "Prompts counted exactly before admission because the request's worst case did "
+            "not fit a token budget, by budget.",
+            ["reason"],
+            registry=reg,
+        )
+        self.prompt_count_failures = Counter(
+            "gateway_prompt_count_failures_total",
+            "Prompts no replica could count; the body's size bounded them instead.",
+            registry=reg,
+        )
         self.policy_refusals = Counter(
             "gateway_policy_refusals_total",
             "Requests refused before any upstream call, by error code.",
@@ -134,13 +146,20 @@ class Metrics:
         )
         self.usage_buffered = Gauge(
             "gateway_usage_events_buffered",
-            "Usage events held in memory while Redis is unreachable.",
+            "Settles (token deltas, slot release, usage event) in the journal while Redis "
+            "is unreachable: the journal's depth.",
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self.journal_oldest = Gauge(
+            "gateway_settle_journal_oldest_seconds",
+            "Age of the oldest settle in the journal (0 when empty).",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.usage_dropped = Counter(
             "gateway_usage_events_dropped_total",
-            "Usage events dropped because the in-memory buffer was full.",
+            "Settles dropped (oldest first) because the journal was full.",
             registry=reg,
         )
         self.snapshot_version = Gauge(

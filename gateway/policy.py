@@ -53,6 +53,16 @@ class Plan:
     #: How many of ``routes`` (the first ones) are the organization's own; the rest are
     #: shared platform capacity, used when none of its own is healthy.
     own_routes: int = 0
+    #: The most tokens the request can cost, whatever its prompt tokenizes to: the
+    #: model's context length per prompt (no upstream accepts a longer one; the body's
+    #: size in bytes when the catalog has no context length) plus the completion bound.
+    #: Token budgets hold this much while the request is far from them.
+    worst_tokens: int = 0
+    #: Completion tokens the request may generate in all (a lower bound of its cost, less
+    #: its prompt).
+    completion_tokens: int = 0
+    #: The body's size in bytes: the prompt bound when no replica can count it.
+    body_bytes: int = 0
 
 
 def split_by_owner(
@@ -74,19 +84,31 @@ def split_by_owner(
     return own, shared
 
 
-def level_limits(principal: Principal) -> list[tuple[str, str, contract.Limits]]:
-    """``(level, subject id, limits)`` for the key, its team and its organization."""
-    levels: list[tuple[str, str, contract.Limits]] = [
-        ("key", principal.key_id, principal.key.get("limits") or {})
-    ]
+def level_limits(
+    principal: Principal, alias: str | None = None
+) -> list[tuple[str, str, contract.Limits, str | None]]:
+    """``(level, subject id, limits, model)`` for the key, its team and its organization.
+
+    ``model`` is ``None`` for a subject's limits over all models. With ``alias``, each
+    level is followed by the same subject for that model alone (its limits for that
+    alias, possibly none), so that per-model counters are kept and per-model limits are
+    checked in the same admission as the others: the tightest applicable limit wins.
+    """
+    entries: list[tuple[str, str, Any]] = [("key", principal.key_id, principal.key)]
     if principal.team_id and principal.team is not None:
-        levels.append(("team", principal.team_id, principal.team.get("limits") or {}))
-    levels.append(("org", principal.org_id, principal.org.get("limits") or {}))
+        entries.append(("team", principal.team_id, principal.team))
+    entries.append(("org", principal.org_id, principal.org))
+    levels: list[tuple[str, str, contract.Limits, str | None]] = []
+    for level, subject_id, entry in entries:
+        levels.append((level, subject_id, entry.get("limits") or {}, None))
+        if alias is not None:
+            per_model = (entry.get("model_limits") or {}).get(alias) or {}
+            levels.append((level, subject_id, per_model, alias))
     return levels
 
 
-def tightest(levels: list[tuple[str, str, contract.Limits]], name: str) -> int | None:
-    values = [lim.get(name) for _, _, lim in levels]
+def tightest(levels: list[tuple[str, str, contract.Limits, str | None]], name: str) -> int | None:
+    values = [lim.get(name) for _, _, lim, _ in levels]
     present = [v for v in values if v is not None]
     return min(present) if present else None
 
@@ -306,9 +328,13 @@ def plan_request(
             code="no_route",
         )
 
-    levels = level_limits(principal)
+    levels = level_limits(principal, alias)
     prompt_estimate = max(1, math.ceil(len(raw_body) / settings.chars_per_token))
     inject: int | None = None
+    prompts = prompt_count(endpoint, body)
+    context = model.get("context_length")
+    prompt_bound = prompts * context if context else len(raw_body)
+    completion_total = 0
     if endpoint == "embeddings":
         reserve = prompt_estimate
     else:
@@ -335,12 +361,13 @@ def plan_request(
             completion = requested
         else:
             completion = min(cap, settings.default_max_tokens)
-            context = model.get("context_length")
             if context:
                 completion = min(completion, context)
             if any(tightest(levels, f) is not None for f in TOKEN_LIMIT_FIELDS):
                 inject = completion
-        reserve = prompt_estimate + completion * samples
+        # Each prompt of a batched completion generates its own answers.
+        completion_total = completion * samples * prompts
+        reserve = prompt_estimate + completion_total
 
     return Plan(
         endpoint=endpoint,
@@ -353,9 +380,27 @@ def plan_request(
         client_wants_usage=client_wants_usage,
         reserve_tokens=reserve,
         prompt_estimate=prompt_estimate,
+        worst_tokens=max(reserve, prompt_bound + completion_total),
+        completion_tokens=completion_total,
+        body_bytes=len(raw_body),
         inject_max_tokens=inject,
         affinity_key=None,
     )
+
+
+def prompt_count(endpoint: str, body: dict[str, Any]) -> int:
+    """How many prompts the request holds (validated already): a batched completion or
+    a list of embedding inputs holds several, each up to the context length."""
+    if endpoint == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and not _is_int(prompt[0]):
+            return len(prompt)
+        return 1
+    if endpoint == "embeddings":
+        items = body.get("input")
+        if isinstance(items, list) and items and not _is_int(items[0]):
+            return len(items)
+    return 1
 
 
 def affinity_key_for(plan: Plan, prefix_chars: int) -> str | None:

@@ -402,7 +402,9 @@ class Proxy:
                 ctx.prompt_tokens, ctx.completion_tokens = relay.usage
                 ctx.usage_reported = True
             else:
-                ctx.prompt_tokens = plan.prompt_estimate
+                ctx.prompt_tokens = (
+                    plan.prompt_estimate if ctx.prompt_counted is None else ctx.prompt_counted
+                )
                 ctx.completion_tokens = relay.content_events
             if log_prompts:
                 prompt_log.info("request %s answer (stream): %s", ctx.request_id, relay.text_seen())

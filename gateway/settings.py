@@ -129,6 +129,9 @@ class Settings:
     chars_per_token: float = 3.0
 
     limits_fail_mode: LimitsFailMode = "closed"
+    #: Share of each limit one process allows on its own while Redis is unreachable and
+    #: the organization fails open (about 1 / the number of gateway processes).
+    fail_open_share: float = 0.25
     #: Seconds after which a concurrency slot of a vanished gateway frees itself.
     concurrency_slot_ttl: float = 900.0
 
@@ -158,6 +161,8 @@ class Settings:
     snapshot_poll_interval: float = 1.0
     usage_stream_maxlen: int = 1_000_000
     usage_buffer_max: int = 100_000
+    #: Directory of the settle journal files (one per process); empty: memory only.
+    journal_dir: str = ""
     accept_client_request_id: bool = False
 
     @classmethod
@@ -200,6 +205,9 @@ class Settings:
                 env, "GATEWAY_CHARS_PER_TOKEN", cls.chars_per_token, minimum=0.5
             ),
             limits_fail_mode=fail_mode,  # type: ignore[arg-type]
+            fail_open_share=env_float(
+                env, "GATEWAY_FAIL_OPEN_SHARE", cls.fail_open_share, minimum=0.001
+            ),
             concurrency_slot_ttl=env_float(
                 env, "GATEWAY_CONCURRENCY_SLOT_TTL", cls.concurrency_slot_ttl, minimum=1.0
             ),
@@ -242,6 +250,7 @@ class Settings:
             usage_buffer_max=env_int(
                 env, "GATEWAY_USAGE_BUFFER_MAX", cls.usage_buffer_max, minimum=1
             ),
+            journal_dir=env.get("GATEWAY_JOURNAL_DIR", ""),
             accept_client_request_id=env_bool(env, "GATEWAY_ACCEPT_CLIENT_REQUEST_ID", False),
         )
         if settings.concurrency_slot_ttl <= max(settings.first_byte_timeout, settings.idle_timeout):

@@ -1,17 +1,25 @@
 """Usage events: exactly one per authenticated request, appended to the usage stream.
 
 The event goes out in the same Redis call that settles the request's reservation
-(``Limiter.settle``). If Redis is unreachable the event waits in a bounded in-memory
-buffer and a background task appends it once Redis answers again; the ledger
-deduplicates on ``request_id``, so a retried append is harmless.
+(``Limiter.settle``: token deltas, concurrency slot release, event). If Redis cannot be
+reached, the whole settle goes into a bounded journal, kept in memory and in a file of
+this process (``GATEWAY_JOURNAL_DIR``), and a background task replays it in order once
+Redis answers again. The settle script remembers each settled request for a while, so a
+replay of a settle that Redis had applied (its answer lost) changes nothing: token deltas,
+slot releases and events each apply once. A process that starts takes over the journal
+files of processes that are gone (their file lock is free) and replays them too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,11 +30,102 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.usage")
 
-_FLUSH_BATCH = 500
-
 
 def encode_event(event: contract.UsageEvent) -> str:
     return orjson.dumps(event).decode()
+
+
+class SettleJournal:
+    """Settles waiting for Redis, in order: ``{"t": unix time, "args": settle args}``.
+
+    Written to ``<dir>/settle-<pid>-<start>.jsonl`` (appended, then rewritten when
+    entries are replayed), locked for as long as this process lives."""
+
+    def __init__(self, directory: str | None, maximum: int) -> None:
+        self.entries: deque[dict[str, Any]] = deque()
+        self.maximum = maximum
+        self.dropped = 0
+        self._file = None
+        self._dir = Path(directory) if directory else None
+        if self._dir is not None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            path = self._dir / f"settle-{os.getpid()}-{time.time_ns()}.jsonl"
+            self._file = open(path, "ab+")  # noqa: SIM115 (held for the process's life)
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._adopt()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _adopt(self) -> None:
+        """Take over the journals of processes that are gone (their lock is free)."""
+        assert self._dir is not None and self._file is not None
+        for path in sorted(self._dir.glob("settle-*.jsonl")):
+            if path.name == Path(self._file.name).name:
+                continue
+            try:
+                handle = open(path, "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                continue
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process's journal
+                for line in handle.read().splitlines():
+                    with contextlib.suppress(ValueError):
+                        self._append(orjson.loads(line))
+                path.unlink(missing_ok=True)
+        if self.entries:
+            log.warning("took over %d settles of a previous gateway process", len(self.entries))
+        self._rewrite()
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        if len(self.entries) >= self.maximum:
+            self.entries.popleft()
+            self.dropped += 1
+            log.error("settle journal full (%d): dropped the oldest settle", self.maximum)
+        self.entries.append(entry)
+
+    def add(self, args: list[Any]) -> None:
+        entry = {"t": time.time(), "args": args}
+        dropped = self.dropped
+        self._append(entry)
+        if self._file is not None:
+            if self.dropped != dropped:
+                self._rewrite()
+            else:
+                self._file.write(orjson.dumps(entry) + b"\n")
+                self._file.flush()
+                os.fsync(self._file.fileno())
+
+    def popleft(self) -> None:
+        self.entries.popleft()
+
+    def _rewrite(self) -> None:
+        if self._file is None:
+            return
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(b"".join(orjson.dumps(e) + b"\n" for e in self.entries))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def sync(self) -> None:
+        """Make the file hold exactly the entries left (after a replay)."""
+        self._rewrite()
+
+    def oldest_age(self) -> float:
+        return time.time() - self.entries[0]["t"] if self.entries else 0.0
+
+    def close(self) -> None:
+        if self._file is not None:
+            path = Path(self._file.name)
+            empty = not self.entries
+            self._file.close()  # frees the lock: another process may take it over
+            if empty:
+                path.unlink(missing_ok=True)
+            self._file = None
 
 
 class UsageRecorder:
@@ -39,16 +138,17 @@ class UsageRecorder:
         maxlen: int,
         buffer_max: int,
         flush_interval: float = 1.0,
+        journal_dir: str | None = None,
     ) -> None:
         self.redis = redis
         self.limiter = limiter
         self.metrics = metrics
         self.maxlen = maxlen
-        self.buffer: deque[str] = deque()
-        self.buffer_max = buffer_max
+        self.buffer = SettleJournal(journal_dir, buffer_max)
         self.flush_interval = flush_interval
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._gauges()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_loop(), name="usage-flush")
@@ -62,53 +162,59 @@ class UsageRecorder:
         with contextlib.suppress(Exception):
             await self.flush()
         if self.buffer:
-            log.error("exiting with %d usage events not delivered", len(self.buffer))
+            log.error(
+                "exiting with %d settles not delivered (kept in the journal file for the "
+                "next gateway process)",
+                len(self.buffer),
+            )
+        self.buffer.close()
 
     async def record(
         self, event: contract.UsageEvent, reservation: Reservation | None, actual_tokens: int
     ) -> None:
-        """Settle the reservation and append the event; buffer the event on failure."""
-        data = encode_event(event)
+        """Settle the reservation and append the event; journal the settle on failure."""
+        args = self.limiter.settle_args(reservation, actual_tokens, encode_event(event))
+        if self.buffer:
+            # Keep the order: this settle waits behind the journal.
+            self._journal(args, event["request_id"], "journal not empty")
+            return
         try:
-            await self.limiter.settle(reservation, actual_tokens, data)
+            await self.limiter.run_settle(args)
         except Exception as exc:
             self.metrics.redis_errors.labels("settle").inc()
-            log.warning("usage event %s buffered (Redis unreachable: %r)", event["request_id"], exc)
-            self._buffer(data)
+            self._journal(args, event["request_id"], repr(exc))
 
-    def _buffer(self, data: str) -> None:
-        if len(self.buffer) >= self.buffer_max:
-            self.buffer.popleft()
-            self.metrics.usage_dropped.inc()
-            log.error("usage buffer full (%d): dropped the oldest event", self.buffer_max)
-        self.buffer.append(data)
+    def _journal(self, args: list[Any], request_id: str, why: str) -> None:
+        log.warning("settle of %s journaled (%s)", request_id, why)
+        dropped = self.buffer.dropped
+        self.buffer.add(args)
+        if self.buffer.dropped != dropped:
+            self.metrics.usage_dropped.inc(self.buffer.dropped - dropped)
+        self._gauges()
+
+    def _gauges(self) -> None:
         self.metrics.usage_buffered.set(len(self.buffer))
+        self.metrics.journal_oldest.set(self.buffer.oldest_age())
 
     async def flush(self) -> int:
-        """Append buffered events; return how many went out."""
+        """Replay journaled settles in order; return how many went out."""
         sent = 0
-        while self.buffer:
-            batch = [self.buffer[i] for i in range(min(_FLUSH_BATCH, len(self.buffer)))]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for data in batch:
-                    pipe.xadd(
-                        contract.USAGE_STREAM,
-                        {"event": data},
-                        maxlen=self.maxlen,
-                        approximate=True,
-                    )
-                await pipe.execute()
-            for _ in batch:
+        try:
+            while self.buffer:
+                await self.limiter.run_settle(self.buffer.entries[0]["args"])
                 self.buffer.popleft()
-            sent += len(batch)
-            self.metrics.usage_buffered.set(len(self.buffer))
-        if sent:
-            log.info("delivered %d buffered usage events", sent)
+                sent += 1
+        finally:
+            if sent:
+                self.buffer.sync()
+                log.info("replayed %d journaled settles", sent)
+            self._gauges()
         return sent
 
     async def _flush_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.flush_interval)
+            self._gauges()
             if not self.buffer:
                 continue
             try:
@@ -116,4 +222,4 @@ class UsageRecorder:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("usage flush failed: %r", exc)
+                log.warning("settle journal replay failed (will retry): %r", exc)

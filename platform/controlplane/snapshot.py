@@ -101,9 +101,18 @@ def build_snapshot() -> contract.Snapshot:
     # Read the version first: whatever is read after it is at least that new.
     head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
     policies = list(LimitPolicy.objects.all())
-    org_limits = {p.organization_id: p for p in policies if p.subject == "organization"}
-    team_limits = {p.team_id: p for p in policies if p.subject == "team"}
-    key_limits = {p.api_key_id: p for p in policies if p.subject == "key"}
+    general = [p for p in policies if not p.model]
+    org_limits = {p.organization_id: p for p in general if p.subject == "organization"}
+    team_limits = {p.team_id: p for p in general if p.subject == "team"}
+    key_limits = {p.api_key_id: p for p in general if p.subject == "key"}
+    # Limits for one model alias, per subject: {subject id: {alias: limits}}.
+    per_model: dict[str, dict] = {"organization": {}, "team": {}, "key": {}}
+    for p in policies:
+        if p.model:
+            subject_id = {"organization": p.organization_id, "team": p.team_id}.get(
+                p.subject, p.api_key_id
+            )
+            per_model[p.subject].setdefault(subject_id, {})[p.model] = _limits(p)
     usable = usable_aliases_by_org()
 
     snapshot = contract.empty_snapshot()
@@ -117,11 +126,14 @@ def build_snapshot() -> contract.Snapshot:
             "allow_external": bool(policy and "open-access" in policy.allowed_openness),
             "log_prompts": org.log_prompts,
             "limits": _limits(org_limits.get(org.pk)),
+            "model_limits": per_model["organization"].get(org.pk, {}),
+            "limits_fail_mode": getattr(org_limits.get(org.pk), "fail_mode", "") or None,
         }
     for team in Team.objects.all():
         snapshot["teams"][str(team.pk)] = {
             "org": str(team.organization_id),
             "limits": _limits(team_limits.get(team.pk)),
+            "model_limits": per_model["team"].get(team.pk, {}),
         }
     for key in _usable_keys(ApiKey):
         snapshot["keys"][key.prefix] = {
@@ -135,6 +147,7 @@ def build_snapshot() -> contract.Snapshot:
             "expires_at": key.expires_at.timestamp() if key.expires_at else None,
             "revoked": False,
             "limits": _limits(key_limits.get(key.pk)),
+            "model_limits": per_model["key"].get(key.pk, {}),
         }
     routes = routes_by_alias()
     # Replicas the fleet runs enter the routes once READY (and leave when they are not).

@@ -245,3 +245,20 @@ def test_pool_created_in_the_admin_goes_through_the_service(world, root):
     )
     assert response.status_code == 302, response.content[:3000]
     assert AuditEvent.objects.filter(action="pool.create", actor_label="root").exists()
+
+
+def test_limit_policy_for_one_model_created_in_the_admin(world, root):
+    from controlplane.quotas.models import LimitPolicy
+
+    url = "/admin/quotas/limitpolicy/add/"
+    form = {"organization": str(world.org_a.pk), "model": "tiny-chat", "daily_tokens": "1000"}
+    response = root.post(url, form)
+    assert response.status_code == 302, response.content[:3000]
+    policy = LimitPolicy.objects.get(organization=world.org_a, model="tiny-chat")
+    assert policy.daily_tokens == 1000
+    assert AuditEvent.objects.filter(action="limits.create", actor_label="root").exists()
+    # A second policy for the same subject and model is refused, nothing written.
+    before = database_state()
+    response = root.post(url, dict(form, daily_tokens="5"))
+    assert response.status_code == 200
+    assert database_state() == before

@@ -83,7 +83,11 @@ def _access(w):
 
 def _limits(w):
     team = create_team(actor=SYSTEM, organization=w.org_a, slug="limited", name="Limited")
-    return create_limit_policy(actor=SYSTEM, organization=w.org_a, team=team, rpm=5).pk
+    create_limit_policy(actor=SYSTEM, organization=w.org_a, team=team, rpm=5)
+    # The object under test is a team's limits for one model.
+    return create_limit_policy(
+        actor=SYSTEM, organization=w.org_a, team=team, model="tiny-chat", rpm=5
+    ).pk
 
 
 def _team_member(w):
@@ -347,6 +351,7 @@ def _populate(world, org, tag: str) -> None:
     add_team_member(actor=SYSTEM, team=team, user=world.dora)
     create_api_key(actor=SYSTEM, organization=org, name=f"key-{tag}", scopes=["inference"])
     create_limit_policy(actor=SYSTEM, organization=org, team=team, rpm=5)
+    create_limit_policy(actor=SYSTEM, organization=org, model="tiny-chat", daily_tokens=1000)
     if not org.model_access.exists():
         grant_model_access(actor=SYSTEM, organization=org, model=world.model)
     UsageRecord.objects.create(

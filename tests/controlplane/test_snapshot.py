@@ -37,6 +37,13 @@ def test_snapshot_holds_keys_orgs_and_models(world, r, django_capture_on_commit_
             actor=SYSTEM, organization=world.org_a, name="k", scopes=["inference"]
         )
         create_limit_policy(actor=SYSTEM, organization=world.org_a, api_key=key, rpm=7)
+        create_limit_policy(
+            actor=SYSTEM, organization=world.org_a, api_key=key, model="tiny-chat", rpm=3
+        )
+        create_limit_policy(
+            actor=SYSTEM, organization=world.org_a, model="tiny-chat", daily_tokens=1000
+        )
+        create_limit_policy(actor=SYSTEM, organization=world.org_b, rpm=9, fail_mode="open")
     assert len(callbacks) == 1  # one publish per transaction, however many changes
     data = stored(r)
     assert data["schema"] == contract.SNAPSHOT_SCHEMA
@@ -44,7 +51,11 @@ def test_snapshot_holds_keys_orgs_and_models(world, r, django_capture_on_commit_
     parsed = contract.parse_api_key(secret)
     assert contract.verify_api_key_secret(parsed.secret, entry["hash"], settings.API_KEY_PEPPER)
     assert entry["org"] == str(world.org_a.pk) and entry["limits"] == {"rpm": 7}
+    assert entry["model_limits"] == {"tiny-chat": {"rpm": 3}}
     org = data["orgs"][str(world.org_a.pk)]
+    assert org["limits"] == {} and org["model_limits"] == {"tiny-chat": {"daily_tokens": 1000}}
+    assert org["limits_fail_mode"] is None
+    assert data["orgs"][str(world.org_b.pk)]["limits_fail_mode"] == "open"
     assert org["models"] == ["tiny-chat"] and org["allow_external"] is False
     assert data["orgs"][str(world.org_b.pk)]["models"] == []
     assert data["models"]["tiny-chat"]["task"] == "chat"

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from gateway import contract
 from gateway.app import Gateway, create_app
 from gateway.settings import Settings
 from tests.gateway.fakes import (
@@ -63,6 +64,8 @@ def redis_url() -> Iterator[str]:
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()  # DB 15 (or the embedded server) belongs to these tests
+    # No ledger behind these tests: the budget counters are complete from the start.
+    client.set(contract.LIMITS_SEEDED_KEY, "test")
     yield client
     client.flushdb()
     client.close()

@@ -98,8 +98,13 @@ class FakeUpstream:
     linger_after_done: float = 0.0
     hits: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    #: ``/tokenize`` (vLLM's) answers ``count: prompt_tokens``, or this status if set.
+    tokenize_status: int | None = None
+    tokenize_hits: int = 0
 
     def reset(self) -> None:
+        self.tokenize_status = None
+        self.tokenize_hits = 0
         self.fail_status = None
         self.first_byte_delay = 0.0
         self.chunk_delay = 0.0
@@ -127,6 +132,17 @@ class FakeUpstream:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         payload = orjson.loads(body) if body else {}
+        if scope["path"] == "/tokenize":
+            # Counted apart from the inference requests the tests look at.
+            self.tokenize_hits += 1
+            if self.api_key and headers.get("authorization") != f"Bearer {self.api_key}":
+                await self._json(send, 401, {"error": {"message": "bad upstream key"}})
+            elif self.tokenize_status is not None:
+                await self._json(send, self.tokenize_status, {"error": {"message": "no"}})
+            else:
+                count = self.prompt_tokens
+                await self._json(send, 200, {"count": count, "tokens": list(range(count))})
+            return
         self.hits += 1
         self.requests.append({"path": scope["path"], "headers": headers, "body": payload})
         if self.api_key and headers.get("authorization") != f"Bearer {self.api_key}":
@@ -276,6 +292,7 @@ def make_key(
     expires_at: float | None = None,
     revoked: bool = False,
     limits: contract.Limits | None = None,
+    model_limits: contract.ModelLimits | None = None,
     user: str | None = None,
 ) -> tuple[str, str, contract.KeyEntry]:
     """``(full key, prefix, entry)`` for a new key."""
@@ -291,6 +308,7 @@ def make_key(
         "expires_at": expires_at,
         "revoked": revoked,
         "limits": limits or {},
+        "model_limits": model_limits or {},
     }
     return full, prefix, entry
 
@@ -317,6 +335,7 @@ class SnapshotBuilder:
         allow_external: bool = False,
         log_prompts: bool = False,
         limits: contract.Limits | None = None,
+        model_limits: contract.ModelLimits | None = None,
     ) -> SnapshotBuilder:
         self.orgs[org_id] = {
             "slug": slug or org_id,
@@ -324,13 +343,22 @@ class SnapshotBuilder:
             "allow_external": allow_external,
             "log_prompts": log_prompts,
             "limits": limits or {},
+            "model_limits": model_limits or {},
         }
         return self
 
     def team(
-        self, team_id: str, org: str, limits: contract.Limits | None = None
+        self,
+        team_id: str,
+        org: str,
+        limits: contract.Limits | None = None,
+        model_limits: contract.ModelLimits | None = None,
     ) -> SnapshotBuilder:
-        self.teams[team_id] = {"org": org, "limits": limits or {}}
+        self.teams[team_id] = {
+            "org": org,
+            "limits": limits or {},
+            "model_limits": model_limits or {},
+        }
         return self
 
     def key(self, key_id: str, org: str, **kwargs: Any) -> str:
@@ -375,6 +403,9 @@ class SnapshotBuilder:
     def publish(self, redis_client: Any, notify: bool = True) -> int:
         snapshot = self.build()
         redis_client.set(contract.SNAPSHOT_KEY, orjson.dumps(snapshot))
+        # The control plane's ledger consumer seeds the budget counters; here there is
+        # no ledger to seed them from, so they are complete as they are.
+        redis_client.set(contract.LIMITS_SEEDED_KEY, "test", nx=True)
         if notify:
             redis_client.publish(contract.SNAPSHOT_CHANNEL, str(snapshot["version"]))
         return snapshot["version"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import openai
 import pytest
 
@@ -117,3 +118,47 @@ def test_embeddings_through_the_gateway(vllm_world):
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
     events = wait_for(lambda: usage_events(redis_client))
     assert events[-1]["endpoint"] == "embeddings" and events[-1]["prompt_tokens"] > 0
+
+
+def test_per_model_budget_with_exact_counts(vllm_chat, vllm_embed, redis_client, start_gateway):
+    """A key allowed 1,000 tokens a day of the chat model and any amount of the embedding
+    model: chat is served until its budget is used, then refused; embeddings are still
+    served. Near the budget every prompt is counted by vLLM's /tokenize, and the counter
+    matches vLLM's own usage exactly, never above the budget."""
+    snap = SnapshotBuilder()
+    snap.org("org-real", slug="real", models=("chat", "embed"))
+    key = snap.key("key-pm", "org-real", model_limits={"chat": {"daily_tokens": 1000}})
+    for alias, server, task, context in (
+        ("chat", vllm_chat, "chat", 2048),
+        ("embed", vllm_embed, "embedding", 256),
+    ):
+        route = {
+            "id": f"vllm-{alias}-0",
+            "url": root_of(server),
+            "api_key": server.api_key,
+            "model": server.served_model_name,
+            "external": False,
+        }
+        snap.model(alias, [route], task=task, context_length=context)
+    snap.publish(redis_client)
+    gw = start_gateway(first_byte_timeout=120.0, idle_timeout=60.0)
+    gw.wait_version(snap.version)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=300)
+    messages = [{"role": "user", "content": "Write one long sentence about the sea. " * 8}]
+    used = 0
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(40):
+            answer = client.chat.completions.create(
+                model="chat", messages=messages, max_tokens=16, temperature=0
+            )
+            used += answer.usage.total_tokens
+    body = info.value.response.json()["error"]
+    assert body["code"] == "budget_exceeded" and "for the model 'chat'" in body["message"]
+    assert 0 < used <= 1000
+    day = int(redis_client.time()[0]) // 86400
+    assert int(redis_client.get(f"sap:lim:key:key-pm:model:chat:d:{day}")) == used
+    result = client.embeddings.create(model="embed", input=["served", "still"])
+    assert len(result.data) == 2
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'gateway_prompt_counts_total{reason="daily_tokens"}' in metrics
+    assert "gateway_prompt_count_failures_total 0.0" in metrics

@@ -52,7 +52,8 @@ def time_until_refused(procs, key: str, started: float, limit: float = 5.0) -> l
 
 
 def test_revocation_reaches_four_processes_within_one_second(world, start_processes):
-    procs = start_processes(4)
+    # The version poll is slowed to 30 s, so only the pub/sub notice can be in time.
+    procs = start_processes(4, GATEWAY_SNAPSHOT_POLL_INTERVAL="30")
     assert all(models_status(p.url, world.key) == 200 for p in procs)
     world.snap.entry("key-1")["revoked"] = True
     started = time.monotonic()
@@ -74,7 +75,23 @@ def test_missed_notice_is_caught_by_the_poll(world, start_processes):
     assert max(delays) < 2.5, delays  # the ~1 s version poll, plus scheduling slack
 
 
-def run_concurrently(procs, key: str, count: int, body=CHAT) -> list[int]:
+def run_concurrently(procs, key: str, count: int, body=CHAT, at_once: bool = False) -> list[int]:
+    """``count`` requests spread over ``procs``. ``at_once``: each from its own connected
+    client, all released together by a barrier, so admissions race as hard as they can."""
+    if at_once:
+        barrier = threading.Barrier(count)
+
+        def racer(i: int) -> int:
+            with httpx.Client(base_url=procs[i % len(procs)].url, timeout=60) as client:
+                client.get("/healthz")  # connected before the race
+                barrier.wait()
+                return client.post(
+                    "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body
+                ).status_code
+
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return list(pool.map(racer, range(count)))
+
     def one(i: int) -> int:
         url = procs[i % len(procs)].url
         return httpx.post(
@@ -94,7 +111,7 @@ def test_rate_limit_is_exact_across_four_processes(world, start_processes, fake_
     world.publish()
     procs = start_processes(4)
     fake_a.first_byte_delay = 0.02  # keep many requests in flight at once
-    statuses = run_concurrently(procs, key, 120)
+    statuses = run_concurrently(procs, key, 120, at_once=True)
     assert statuses.count(200) == limit
     assert statuses.count(429) == 120 - limit
     events = wait_for(
@@ -173,3 +190,49 @@ def test_bad_configuration_stops_the_launch(redis_url, variable, value, message)
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_budget_holds_when_prompts_are_five_times_the_estimate(world, start_processes, fake_a):
+    """Whatever the estimate: the upstream counts 5x the bytes/3 estimate of each prompt,
+    200 requests race through 4 processes, and the charge never passes the budget (the
+    documented bound: zero, when the replica counts prompts and enforces its context
+    length and max_tokens)."""
+    import math
+
+    import orjson
+
+    budget = 10_000
+    key = world.snap.key("key-5x", "org-acme", team="team-ml", limits={"daily_tokens": budget})
+    world.snap.model("chat-model", world.snap.models["chat-model"]["routes"], context_length=1024)
+    world.publish()
+    raw = orjson.dumps(CHAT)
+    estimate = math.ceil(len(raw) / 3)
+    fake_a.prompt_tokens = 5 * estimate
+    fake_a.first_byte_delay = 0.02
+    procs = start_processes(4)
+    try:
+
+        def one(i: int) -> int:
+            return httpx.post(
+                procs[i % 4].url + "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+                content=raw,
+                timeout=30,
+            ).status_code
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            statuses = list(pool.map(one, range(200)))
+    finally:
+        fake_a.prompt_tokens = 7
+    admitted = statuses.count(200)
+    assert admitted >= 1 and statuses.count(429) == 200 - admitted
+    events = wait_for(
+        lambda: len(usage_events(world.redis)) == 200 and usage_events(world.redis), timeout=10
+    )
+    charged = sum(e["prompt_tokens"] + e["completion_tokens"] for e in events)
+    day = int(world.redis.time()[0]) // 86400
+    stored = int(world.redis.get(f"sap:lim:key:key-5x:d:{day}"))
+    print(f"5x prompts: {admitted} admitted, {charged} tokens charged of {budget}")
+    assert stored == charged <= budget
+    per_request = 5 * estimate + fake_a.completion_tokens
+    assert budget - charged < per_request + 10  # and the budget was used, not refused early

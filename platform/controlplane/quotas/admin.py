@@ -9,9 +9,18 @@ from controlplane.quotas.models import LIMIT_FIELDS, LimitPolicy, UsageRecord
 
 @admin.register(LimitPolicy)
 class LimitPolicyAdmin(ServiceModelAdmin):
-    list_display = ["__str__", "rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens"]
-    fields = ["organization", "team", "api_key", *LIMIT_FIELDS]
-    create_only_fields = ("organization", "team", "api_key")
+    list_display = [
+        "__str__",
+        "model",
+        "rpm",
+        "tpm",
+        "concurrency",
+        "daily_tokens",
+        "monthly_tokens",
+    ]
+    list_filter = ["model"]
+    fields = ["organization", "team", "api_key", "model", *LIMIT_FIELDS, "fail_mode"]
+    create_only_fields = ("organization", "team", "api_key", "model")
 
     def create_object(self, actor, data):
         return services.create_limit_policy(
@@ -19,6 +28,8 @@ class LimitPolicyAdmin(ServiceModelAdmin):
             organization=data["organization"],
             team=data.get("team"),
             api_key=data.get("api_key"),
+            model=data.get("model") or "",
+            fail_mode=data.get("fail_mode") or "",
             **{name: data.get(name) for name in LIMIT_FIELDS},
         )
 

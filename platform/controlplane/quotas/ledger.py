@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import redis
 
 from controlplane.quotas.models import UsageRecord
+from controlplane.quotas.reseed import seed_counters
 from controlplane.quotas.rollup import record_usage
 from gateway import contract
 
@@ -157,7 +158,14 @@ class LedgerConsumer:
                 self.client.set(
                     contract.HEARTBEAT_LEDGER + self.name, time.time(), ex=contract.HEARTBEAT_TTL
                 )
+                # Redis is a cache of the ledger: counters it lost are rebuilt first.
+                seed_counters(self.client)
                 result = self.run_once()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                ensure_group(self.client)  # a Redis that restarted empty
+                continue
             except redis.ConnectionError as exc:
                 log.warning("Redis unreachable (%s); retrying", exc)
                 time.sleep(1)

@@ -6,10 +6,12 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from controlplane.catalog.models import alias_validator
 from controlplane.tenancy.models import ApiKey, Organization, Team
 from controlplane.tenancy.scoping import ScopedQuerySet
 
 LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "daily_tokens", "monthly_tokens", "max_tokens")
+FAIL_MODES = [("", "gateway default"), ("closed", "closed"), ("open", "open")]
 
 
 def _limit(help_text: str) -> models.PositiveBigIntegerField:
@@ -20,7 +22,11 @@ def _limit(help_text: str) -> models.PositiveBigIntegerField:
 
 class LimitPolicy(models.Model):
     """Limits of one organization, team or key; empty fields mean "no limit here".
-    The effective limit of a request is the tightest of its key, team and organization."""
+
+    A policy without ``model`` applies to every model; one with ``model`` (a model alias)
+    applies to that model only, on top of the all-models policy. The effective limit of
+    a request is the tightest of all the policies that apply to it: its key's, its
+    team's and its organization's, each for all models and for the requested model."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(
@@ -32,34 +38,52 @@ class LimitPolicy(models.Model):
     api_key = models.ForeignKey(
         ApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="limit_policies"
     )
+    model = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        validators=[alias_validator],
+        help_text="Model alias these limits apply to; empty for all models",
+    )
     rpm = _limit("Requests per minute")
     tpm = _limit("Tokens (prompt + completion) per minute")
     concurrency = _limit("Requests in flight at once")
     daily_tokens = _limit("Token budget per UTC day")
     monthly_tokens = _limit("Token budget per UTC calendar month")
     max_tokens = _limit("Cap on max_tokens of one request")
+    fail_mode = models.CharField(
+        max_length=8,
+        blank=True,
+        default="",
+        choices=FAIL_MODES,
+        help_text="When the gateway cannot reach its limit store: 'closed' refuses requests "
+        "with limits (503), 'open' admits them against per-process shares of each limit; "
+        "empty: the gateway's setting. Only on an organization's all-models policy.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     scope_org_path = "organization"
     objects = ScopedQuerySet.as_manager()
 
     class Meta:
-        ordering = ["organization", "team", "api_key"]
+        ordering = ["organization", "team", "api_key", "model"]
         constraints = [
             models.CheckConstraint(
                 condition=Q(team__isnull=True) | Q(api_key__isnull=True),
                 name="limit_policy_one_subject",
             ),
             models.UniqueConstraint(
-                fields=["organization"],
+                fields=["organization", "model"],
                 condition=Q(team__isnull=True, api_key__isnull=True),
                 name="limit_policy_unique_org",
             ),
             models.UniqueConstraint(
-                fields=["team"], condition=Q(team__isnull=False), name="limit_policy_unique_team"
+                fields=["team", "model"],
+                condition=Q(team__isnull=False),
+                name="limit_policy_unique_team",
             ),
             models.UniqueConstraint(
-                fields=["api_key"],
+                fields=["api_key", "model"],
                 condition=Q(api_key__isnull=False),
                 name="limit_policy_unique_key",
             ),
@@ -67,7 +91,8 @@ class LimitPolicy(models.Model):
 
     def __str__(self) -> str:
         target = self.api_key or self.team or self.organization
-        return f"limits of {self.subject} {target}"
+        scope = f" for {self.model}" if self.model else ""
+        return f"limits of {self.subject} {target}{scope}"
 
     @property
     def subject(self) -> str:

@@ -22,9 +22,21 @@ class LimitPolicySerializer(StrictModelSerializer):
 
     class Meta:
         model = LimitPolicy
-        fields = ["id", "subject", "team", "api_key", *LIMIT_FIELDS, "updated_at"]
+        fields = [
+            "id",
+            "subject",
+            "team",
+            "api_key",
+            "model",
+            *LIMIT_FIELDS,
+            "fail_mode",
+            "updated_at",
+        ]
         read_only_fields = ["id", "subject", "updated_at"]
         extra_kwargs = {name: {"max_value": 10**15} for name in LIMIT_FIELDS}
+        # One policy per subject and model: the service checks it and names the field
+        # (DRF's validators derived from the conditional constraints would demand fields).
+        validators: list = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,12 +48,18 @@ class LimitPolicySerializer(StrictModelSerializer):
 
 class LimitPolicyUpdateSerializer(LimitPolicySerializer):
     class Meta(LimitPolicySerializer.Meta):
-        read_only_fields = [*LimitPolicySerializer.Meta.read_only_fields, "team", "api_key"]
+        read_only_fields = [
+            *LimitPolicySerializer.Meta.read_only_fields,
+            "team",
+            "api_key",
+            "model",
+        ]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["team"].read_only = True
         self.fields["api_key"].read_only = True
+        self.fields["model"].read_only = True
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):

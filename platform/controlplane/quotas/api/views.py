@@ -16,13 +16,14 @@ from controlplane.quotas.models import LimitPolicy, UsageRecord
 class LimitPolicyViewSet(
     OrganizationScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin
 ):
-    """Limits of the organization (no team, no key), of a team, or of a key."""
+    """Limits of the organization (no team, no key), of a team, or of a key; for all
+    models (no ``model``) or for one model alias."""
 
     model = LimitPolicy
     view_action = "limits.view"
     change_action = "limits.change"
     serializer_class = s.LimitPolicySerializer
-    filterset_fields = ["team", "api_key"]
+    filterset_fields = ["team", "api_key", "model"]
 
     def get_serializer_context(self):
         context = super().get_serializer_context()

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("quotas", "0002_usage_owner"),
+        ("quotas", "0003_limit_model"),
     ]
 
     operations = [

@@ -1,0 +1,111 @@
+"""Budgets near their limit: the prompt is counted by the replica (``/tokenize``) before
+admission, far from it nothing extra happens, and when no replica can count, the body's
+size bounds the prompt. Through a running gateway with the official ``openai`` client."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from gateway.policy import prompt_count
+from tests.gateway.fakes import usage_events, wait_for
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def _day() -> int:
+    return int(time.time()) // 86400
+
+
+@pytest.fixture
+def budgeted(start_gateway, world, fake_a):
+    world.far = world.snap.key("key-far", "org-acme", limits={"daily_tokens": 10**9})
+    world.near = world.snap.key("key-near", "org-acme", limits={"daily_tokens": 520})
+    world.publish()
+    world.gw = start_gateway()
+    world.gw.wait_version(world.snap.version)
+    yield world
+    fake_a.prompt_tokens = 7
+
+
+def _client(world, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=world.gw.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def _metric(world, name: str) -> float:
+    text = httpx.get(world.gw.url + "/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith(name + "_created"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_far_from_the_budget_nothing_is_counted(budgeted, fake_a):
+    c = _client(budgeted, budgeted.far)
+    for _ in range(3):
+        c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=10)
+    assert fake_a.tokenize_hits == 0
+    assert _metric(budgeted, "gateway_prompt_counts_total") == 0
+
+
+def test_near_the_budget_the_replica_counts_and_the_charge_is_exact(budgeted, fake_a):
+    fake_a.prompt_tokens = 150  # far more than the body's bytes / 3
+    c = _client(budgeted, budgeted.near)
+    served = 0
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(10):
+            c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=10)
+            served += 1
+    assert info.value.response.json()["error"]["code"] == "budget_exceeded"
+    # 155 per request: three fit 520, the fourth (150 + 10 reserved) does not.
+    assert served == 3 and fake_a.tokenize_hits == 4
+    assert _metric(budgeted, "gateway_prompt_counts_total") == 4
+    stored = int(budgeted.redis.get(f"sap:lim:key:key-near:d:{_day()}"))
+    assert stored == 3 * 155 <= 520
+
+
+def test_without_a_count_the_body_size_bounds_the_prompt(budgeted, fake_a):
+    fake_a.tokenize_status = 404  # a replica (or provider) without /tokenize
+    body = {"model": "chat-model", "messages": MESSAGES, "max_tokens": 10}
+    size = len(orjson.dumps(body))
+    fake_a.prompt_tokens = size  # at most one token per byte
+    headers = {"Authorization": f"Bearer {budgeted.near}", "content-type": "application/json"}
+    statuses = [
+        httpx.post(
+            budgeted.gw.url + "/v1/chat/completions",
+            headers=headers,
+            content=orjson.dumps(body),
+            timeout=20,
+        ).status_code
+        for _ in range(8)
+    ]
+    served = statuses.count(200)
+    assert served >= 1 and statuses[served:] == [429] * (8 - served)
+    stored = int(budgeted.redis.get(f"sap:lim:key:key-near:d:{_day()}"))
+    assert stored == served * (size + 5) <= 520
+    assert _metric(budgeted, "gateway_prompt_count_failures_total") >= 1
+    events = wait_for(
+        lambda: len(usage_events(budgeted.redis)) == 8 and usage_events(budgeted.redis)
+    )
+    assert sum(e["prompt_tokens"] + e["completion_tokens"] for e in events) == stored
+
+
+def test_token_id_prompts_are_counted_without_a_call(budgeted, fake_a):
+    fake_a.prompt_tokens = 40
+    c = _client(budgeted, budgeted.near)
+    c.completions.create(model="completion-model", prompt=list(range(40)), max_tokens=5)
+    assert fake_a.tokenize_hits == 0
+
+
+def test_batched_prompts_reserve_per_prompt():
+    assert prompt_count("completions", {"prompt": ["a", "b", "c"]}) == 3
+    assert prompt_count("completions", {"prompt": [1, 2, 3]}) == 1
+    assert prompt_count("completions", {"prompt": [[1, 2], [3]]}) == 2
+    assert prompt_count("embeddings", {"input": ["a", "b"]}) == 2
+    assert prompt_count("embeddings", {"input": "a"}) == 1
+    assert prompt_count("chat.completions", {"messages": MESSAGES}) == 1
