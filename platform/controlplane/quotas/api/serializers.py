@@ -126,8 +126,7 @@ class UsageSummaryQuerySerializer(serializers.Serializer):
         return {"since": since, "until": until, "group_by": data["group_by"]}
 
 
-class UsageSummaryRowSerializer(serializers.Serializer):
-    group = serializers.CharField(allow_null=True)
+class UsageSummaryTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     errors_4xx = serializers.IntegerField()
     errors_5xx = serializers.IntegerField()
@@ -143,9 +142,13 @@ class UsageSummaryRowSerializer(serializers.Serializer):
     ttft_ms_p95 = serializers.FloatField(allow_null=True)
 
 
+class UsageSummaryRowSerializer(UsageSummaryTotalsSerializer):
+    group = serializers.CharField(allow_null=True)
+
+
 class UsageSummarySerializer(serializers.Serializer):
     group_by = serializers.CharField()
     since = serializers.DateTimeField()
     until = serializers.DateTimeField()
     results = UsageSummaryRowSerializer(many=True)
-    totals = UsageSummaryRowSerializer()
+    totals = UsageSummaryTotalsSerializer()
