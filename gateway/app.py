@@ -26,9 +26,10 @@ from gateway.auth import Principal, authenticate, presented_key, require_scope
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.limits import Limiter, LimitsUnavailable, Reservation, Subject, has_admission_limits
+from gateway.loadshare import LoadShare
 from gateway.metrics import Metrics
 from gateway.netguard import NetGuard
-from gateway.policy import Plan, affinity_key_for, level_limits, plan_request
+from gateway.policy import Plan, affinity_key_for, level_limits, plan_request, prompt_blocks
 from gateway.proxy import Proxy
 from gateway.resp import ScriptClient
 from gateway.routing import Router
@@ -122,14 +123,19 @@ class Services:
             pubsub_redis=self.pubsub_redis,
         )
         self.proxy = Proxy(self.client, gateway.router, gateway.metrics, settings)
+        self.loadshare = LoadShare(
+            self.redis, gateway.router, gateway.instance, settings.load_share_interval
+        )
 
     async def start(self) -> None:
         self.usage.start()
         await self.watcher.start()
+        self.loadshare.start()
         with contextlib.suppress(Exception):  # connect now rather than on the first request
             await self.scripts.execute("PING")
 
     async def stop(self) -> None:
+        await self.loadshare.stop()
         await self.watcher.stop()
         await self.usage.stop()
         await self.client.aclose()
@@ -150,9 +156,11 @@ class Gateway:
             affinity_models=settings.affinity_models,
             eject_after_failures=settings.eject_after_failures,
             eject_seconds=settings.eject_seconds,
+            load_bound=settings.load_bound,
+            prefix_capacity=settings.prefix_index_blocks,
         )
         self.services: Services | None = None
-        self._instance = uuid.uuid4().hex[:12]
+        self.instance = uuid.uuid4().hex[:12]
         self._sequence = itertools.count()
 
     def _on_snapshot(self, snapshot: CompiledSnapshot) -> None:
@@ -322,7 +330,12 @@ class Gateway:
                 if self.router.uses_affinity(plan.alias)
                 else None
             )
-            await services.proxy.forward(ctx, plan, raw, affinity, send, receive)
+            blocks = (
+                prompt_blocks(plan, settings.prefix_block_chars, settings.prefix_max_blocks)
+                if self.router.strategy == "cache-aware" and affinity is None
+                else ()
+            )
+            await services.proxy.forward(ctx, plan, raw, affinity, send, receive, blocks)
         except GatewayError as err:
             ctx.status = err.status
             ctx.error = err.code
@@ -372,7 +385,7 @@ class Gateway:
         assert services is not None
         subjects = [Subject(level, sid, lim) for level, sid, lim in level_limits(principal)]
         # Unique even when clients reuse request ids: the slot must be this request's.
-        member = f"{ctx.request_id}:{self._instance}:{next(self._sequence)}"
+        member = f"{ctx.request_id}:{self.instance}:{next(self._sequence)}"
         if not has_admission_limits(subjects):
             return services.limiter.unlimited(subjects, member)
         try:

@@ -38,6 +38,8 @@ USAGE_GROUP = "ledger"
 LIMITS_PREFIX = KEY_PREFIX + "lim:"
 #: Liveness of background services that have no HTTP endpoint: the value is the unix
 #: time of the service's last loop, the key expires when it stops (``HEARTBEAT_TTL``).
+#: + a gateway process's instance id: its requests in flight per route (a hash).
+INFLIGHT_PREFIX = KEY_PREFIX + "gw:inflight:"
 HEARTBEAT_PREFIX = KEY_PREFIX + "heartbeat:"
 HEARTBEAT_BEAT = HEARTBEAT_PREFIX + "beat"  # Celery beat's scheduler
 HEARTBEAT_LEDGER = HEARTBEAT_PREFIX + "ledger:"  # + the consumer's name
