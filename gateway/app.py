@@ -23,6 +23,8 @@ from redis.backoff import NoBackoff
 
 from gateway import contract
 from gateway.auth import Principal, authenticate, presented_key, require_scope
+from gateway.coldstart import ClientGone as ColdStartClientGone
+from gateway.coldstart import ColdStarts
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.limits import Limiter, LimitsUnavailable, Reservation, Subject, has_admission_limits
@@ -123,6 +125,11 @@ class Services:
             pubsub_redis=self.pubsub_redis,
         )
         self.proxy = Proxy(self.client, gateway.router, gateway.metrics, settings)
+        self.cold_starts = ColdStarts(
+            self.redis,
+            queue_limit=settings.cold_start_queue,
+            timeout=settings.cold_start_timeout,
+        )
         self.loadshare = LoadShare(
             self.redis, gateway.router, gateway.instance, settings.load_share_interval
         )
@@ -165,6 +172,35 @@ class Gateway:
 
     def _on_snapshot(self, snapshot: CompiledSnapshot) -> None:
         self.metrics.snapshot_version.set(snapshot.version)
+        if self.services is not None:
+            self.services.cold_starts.snapshot_changed()
+
+    async def _hold_for_replica(
+        self, ctx: RequestContext, plan: Plan, raw: bytes, principal: Principal, receive: Any
+    ) -> Plan:
+        """Hold a request for an autoscaled model with no ready replica (see
+        ``gateway.coldstart``); the plan, made again on the snapshot that has one."""
+        assert self.services is not None
+
+        def replanned() -> Plan | None:
+            snapshot = self.snapshots.current
+            if plan.alias not in snapshot.models:
+                return None
+            again = plan_request(plan.endpoint, raw, principal, snapshot, self.settings)
+            return again if again.routes else None
+
+        started = time.monotonic()
+        try:
+            ready = await self.services.cold_starts.hold(plan.alias, replanned, receive)
+        except ColdStartClientGone:
+            raise _ClientGone() from None
+        log.info(
+            "request %s: held %.1f s for a replica of %s",
+            ctx.request_id,
+            time.monotonic() - started,
+            plan.alias,
+        )
+        return ready
 
     # ------------------------------------------------------------------ ASGI entry
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -325,6 +361,8 @@ class Gateway:
                 ctx.model = model
                 ctx.model_label = model if model in snapshot.models else "unknown"
             reservation = await self._admit(ctx, principal, plan)
+            if not plan.routes and snapshot.models[plan.alias].get("cold_start"):
+                plan = await self._hold_for_replica(ctx, plan, raw, principal, receive)
             affinity = (
                 affinity_key_for(plan, settings.affinity_prefix_chars)
                 if self.router.uses_affinity(plan.alias)

@@ -38,6 +38,9 @@ USAGE_GROUP = "ledger"
 LIMITS_PREFIX = KEY_PREFIX + "lim:"
 #: Liveness of background services that have no HTTP endpoint: the value is the unix
 #: time of the service's last loop, the key expires when it stops (``HEARTBEAT_TTL``).
+#: + a model alias: when a gateway last held a request for it for lack of a replica
+#: (a Unix time); the autoscaler reads it to scale a deployment up from zero.
+DEMAND_PREFIX = KEY_PREFIX + "demand:"
 #: + a gateway process's instance id: its requests in flight per route (a hash).
 INFLIGHT_PREFIX = KEY_PREFIX + "gw:inflight:"
 HEARTBEAT_PREFIX = KEY_PREFIX + "heartbeat:"
@@ -173,6 +176,9 @@ class ModelEntry(TypedDict):
     openness: Literal["open-source", "open-weights", "open-access"]
     context_length: int | None
     routes: list[Route]
+    #: An autoscaled deployment serves the model: with no ready route, a gateway holds
+    #: the request and signals demand (``DEMAND_PREFIX``) instead of answering 503.
+    cold_start: NotRequired[bool]
 
 
 class Snapshot(TypedDict):

@@ -299,7 +299,9 @@ def plan_request(
             )
         routes = internal
     own, shared = split_by_owner(routes, principal.org_id)
-    if not own and not shared:
+    # An autoscaled model with no ready replica: the gateway holds the request
+    # (gateway.coldstart) rather than refusing it.
+    if not own and not shared and not model.get("cold_start"):
         raise GatewayError(
             503,
             f"Your organization has no deployment of the model '{alias}' with a ready "

@@ -162,6 +162,10 @@ class Settings:
     #: Seconds between two exchanges of in-flight counts with the other gateway
     #: processes through Redis (0: no sharing, this process's view only).
     load_share_interval: float = 0.2
+    #: Requests held per model while its autoscaled deployment starts a replica, and
+    #: seconds each may wait (503 with Retry-After past either).
+    cold_start_queue: int = 100
+    cold_start_timeout: float = 300.0
     affinity_models: tuple[str, ...] = ()
     affinity_prefix_chars: int = 512
     #: Rewrite ``model`` in non-streamed responses back to the public alias.
@@ -249,6 +253,12 @@ class Settings:
             ),
             prefix_index_blocks=env_int(
                 env, "GATEWAY_PREFIX_INDEX_BLOCKS", cls.prefix_index_blocks, minimum=1
+            ),
+            cold_start_queue=env_int(
+                env, "GATEWAY_COLD_START_QUEUE", cls.cold_start_queue, minimum=0
+            ),
+            cold_start_timeout=env_float(
+                env, "GATEWAY_COLD_START_TIMEOUT", cls.cold_start_timeout, minimum=0.0
             ),
             load_share_interval=env_float(
                 env, "GATEWAY_LOAD_SHARE_INTERVAL", cls.load_share_interval
