@@ -43,7 +43,7 @@ def test_sessions_stick_to_the_replica_with_their_prefix(start_gateway, duo, fak
     gw.wait_version(duo.snap.version)
     homes: dict[int, set[str]] = {}
     for turn in range(4):
-        for session in range(6):
+        for session in range(5):  # odd: round-robin alone would move sessions
             system = f"Session {session}: you advise on contract law for client {session}. " * 12
             messages = [{"role": "system", "content": system}]
             for t in range(turn + 1):
