@@ -125,5 +125,9 @@ def test_decisions_stay_in_bounds_and_never_flap_inside_the_delay(
             assert changed_at is None or now - changed_at >= delay
             assert busy_at is None or now - busy_at >= delay
             assert not is_busy(policy, ready)
+            if decision.replicas == 0:  # to zero only after a whole idle delay
+                assert not is_active(ready)
+                assert active_at is None or now - active_at >= delay
+                assert demand_at is None or now - demand_at >= delay
         desired = decision.replicas
         changed_at = now

@@ -8,8 +8,8 @@ autoscaled deployment wants, from its replicas' load reports and the gateways' d
   signal) asks for ``max(1, min_replicas)``.
 * Down, only after ``scale_down_delay`` seconds without activity above the target and
   as long after the last change (no flapping inside the delay): one replica at a time
-  while some requests run, straight to ``min_replicas`` (zero included) once nothing
-  has run or waited for the whole delay.
+  (never to zero) while requests run, straight to ``min_replicas`` (zero included) once
+  nothing has run, waited or been held for the whole delay.
 
 Draining is the reconciler's: a replica retired by a scale down stops receiving new
 requests first (the gateway routes to ready replicas only) and stops once idle.
@@ -117,4 +117,6 @@ def decide_scale(policy: ScalePolicy, inputs: ScaleInputs) -> ScaleDecision | No
         return None  # replicas still starting: their load is not known yet
     if not is_active(loads) and quiet_since(inputs.active_at) and quiet_since(inputs.demand_at):
         return ScaleDecision(low, f"idle for {delay:g} s")
+    if desired - 1 < 1:
+        return None  # requests ran within the delay: zero only once idle for all of it
     return ScaleDecision(desired - 1, f"load below the target for {delay:g} s")
