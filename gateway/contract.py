@@ -43,6 +43,8 @@ LIMITS_PREFIX = KEY_PREFIX + "lim:"
 DEMAND_PREFIX = KEY_PREFIX + "demand:"
 #: + a gateway process's instance id: its requests in flight per route (a hash).
 INFLIGHT_PREFIX = KEY_PREFIX + "gw:inflight:"
+#: The gateway processes exchanging in-flight counts (a sorted set, scored by time).
+INFLIGHT_PROCESSES = KEY_PREFIX + "gw:inflight-processes"
 HEARTBEAT_PREFIX = KEY_PREFIX + "heartbeat:"
 HEARTBEAT_BEAT = HEARTBEAT_PREFIX + "beat"  # Celery beat's scheduler
 HEARTBEAT_LEDGER = HEARTBEAT_PREFIX + "ledger:"  # + the consumer's name

@@ -2,7 +2,8 @@
 
 Every ``interval`` each process writes its own in-flight counts to
 ``sap:gw:inflight:<instance>`` (a hash, expiring after a few intervals, so a process
-that dies stops counting on its own) and reads the other processes' hashes into
+that dies stops counting on its own), marks itself live in ``sap:gw:inflight-processes``
+and reads the other live processes' hashes into
 ``Router.remote_outstanding``. Nothing of this is on the request path: the router adds
 its own exact count to the others' last known counts. If Redis is unreachable the
 others' counts are dropped after the expiry and routing falls back to this process's
@@ -36,22 +37,26 @@ class LoadShare:
 
     async def sync_once(self) -> None:
         mine = {rid: h.outstanding for rid, h in self.router.health.items() if h.outstanding > 0}
+        now = time.time()
+        ttl = self.ttl_ms / 1000
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.key)
         if mine:
             pipe.hset(self.key, mapping=mine)
             pipe.pexpire(self.key, self.ttl_ms)
-        await pipe.execute()
+        # The live processes: a sorted set scored by their last exchange, so nothing
+        # scans the keyspace; members silent past the expiry are dropped.
+        pipe.zadd(contract.INFLIGHT_PROCESSES, {self.instance: now})
+        pipe.zremrangebyscore(contract.INFLIGHT_PROCESSES, "-inf", now - ttl)
+        pipe.zrange(contract.INFLIGHT_PROCESSES, 0, -1)
+        members = (await pipe.execute())[-1]
         others: dict[str, int] = {}
-        keys = [
-            key
-            async for key in self.redis.scan_iter(match=contract.INFLIGHT_PREFIX + "*", count=100)
-        ]
-        keys = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != self.key]
-        if keys:
+        names = [m.decode() if isinstance(m, bytes) else m for m in members]
+        names = [n for n in names if n != self.instance]
+        if names:
             pipe = self.redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
+            for name in names:
+                pipe.hgetall(contract.INFLIGHT_PREFIX + name)
             for counts in await pipe.execute():
                 for rid, count in (counts or {}).items():
                     rid = rid.decode() if isinstance(rid, bytes) else rid
@@ -84,3 +89,4 @@ class LoadShare:
             self._task = None
         with contextlib.suppress(Exception):
             await self.redis.delete(self.key)
+            await self.redis.zrem(contract.INFLIGHT_PROCESSES, self.instance)
