@@ -78,6 +78,9 @@ class ColdStarts:
             while True:
                 result = ready()
                 if result:
+                    # The last word of the demand: served just now, so the new replica
+                    # is not idle yet, whatever its first load report says.
+                    await self.signal_demand(alias)
                     return result
                 left = deadline - time.monotonic()
                 if left <= 0:

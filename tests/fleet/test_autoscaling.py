@@ -125,3 +125,25 @@ def test_autoscaling_needs_both_bounds_and_clamps_the_count(world, pool, sized_m
     assert "max_replicas" in err.value.message_dict
     deployment = deploy(world, pool, replicas=5, min_replicas=0, max_replicas=2)
     assert deployment.replicas == 2
+
+
+def test_a_replica_that_just_became_ready_gets_the_whole_delay(world, pool, sized_model, sent):
+    """A cold start longer than the delay: the new replica's first (idle) load report
+    must not take the deployment straight back to zero."""
+    tasks.node_report(report("gpu-1", gpus=(80 * GIB,) * 4))
+    deploy(world, pool, replicas=1, min_replicas=0, max_replicas=2, scale_down_delay_seconds=60)
+    t0 = timezone.now()
+    reconcile(t0)
+    node = Node.objects.get(name="gpu-1")
+    for second in (30, 60, 90):  # still loading the model
+        now = t0 + dt.timedelta(seconds=second)
+        items = [replica_report(r, state="starting") for r in Replica.objects.all()]
+        handle_node_report(
+            report("gpu-1", generation_applied=node.generation_desired, replicas=items), now=now
+        )
+        reconcile(now)
+    tick(t0, 100, IDLE)  # ready at last
+    tick(t0, 130, IDLE)  # 130 s after the last change, 30 s after becoming ready
+    assert Deployment.objects.get().replicas == 1 and decisions() == []
+    tick(t0, 161, IDLE)  # idle for the whole delay since it became ready
+    assert Deployment.objects.get().replicas == 0

@@ -185,8 +185,12 @@ def _autoscale(now: dt.datetime) -> None:
         node__state__in=["ready", "cordoned"],
     )
     loads: dict = {}
+    ready_since: dict = {}
     for replica in ready:
         loads.setdefault(replica.deployment_id, []).append(replica.load or {})
+        ready_since[replica.deployment_id] = max(
+            ready_since.get(replica.deployment_id, 0.0), replica.state_changed_at.timestamp()
+        )
     for deployment in deployments:
         policy = autoscale.ScalePolicy(
             min_replicas=deployment.min_replicas,
@@ -209,8 +213,13 @@ def _autoscale(now: dt.datetime) -> None:
                 desired=deployment.replicas,
                 ready_loads=ready_loads,
                 now=now.timestamp(),
-                # A user's change (creation included) counts as a change too.
-                changed_at=max(_ts(deployment.scaled_at) or 0.0, deployment.updated_at.timestamp()),
+                # A user's change (creation included) counts as a change too, and so
+                # does a replica becoming ready: it gets the whole delay to take work.
+                changed_at=max(
+                    _ts(deployment.scaled_at) or 0.0,
+                    deployment.updated_at.timestamp(),
+                    ready_since.get(deployment.pk, 0.0),
+                ),
                 busy_at=_ts(deployment.busy_at),
                 active_at=_ts(deployment.active_at),
                 demand_at=demand.get(deployment.model_version.model.alias),
