@@ -83,8 +83,10 @@ def decide_scale(policy: ScalePolicy, inputs: ScaleInputs) -> ScaleDecision | No
     now = inputs.now
 
     if desired == 0:
-        if high > 0 and inputs.demand_at is not None and (
-            inputs.changed_at is None or inputs.demand_at >= inputs.changed_at
+        if (
+            high > 0
+            and inputs.demand_at is not None
+            and (inputs.changed_at is None or inputs.demand_at >= inputs.changed_at)
         ):
             return ScaleDecision(max(1, low), "a request is waiting and no replica runs")
         return None
