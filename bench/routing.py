@@ -5,9 +5,9 @@ Starts (all on 127.0.0.1, all stopped at the end):
 * N real vLLM servers (default 2) of the tiny chat model, prefix caching on (vLLM's
   default), each pinned to its own cores when there are enough;
 * a private redis-server;
-* the real gateway (``python -m gateway``), restarted for each policy with
-  ``GATEWAY_ROUTING`` set: ``least-outstanding``, ``affinity`` and ``cache-aware``
-  (the default);
+* the real gateway (``python -m gateway``), one per policy (``GATEWAY_ROUTING``:
+  ``least-outstanding``, ``affinity`` and ``cache-aware``, the default), the policies'
+  runs interleaved for each workload (``--rounds``, alternating order);
 
 then runs three workloads through the gateway with the official ``openai`` client,
 streaming, at a fixed concurrency:
@@ -22,7 +22,7 @@ TTFT p50/p95 through the gateway and each replica's share of the requests. Workl
 also runs once on a single replica (the best case the hit ratio is compared to). Every
 run uses fresh random prompts, because the replicas' caches stay warm across runs.
 
-    .venv/bin/python bench/routing.py [--replicas 2] [--concurrency 4]
+    .venv/bin/python bench/routing.py [--replicas 2] [--concurrency 4] [--rounds 2]
         [--sessions 8] [--turns 4] [--requests 32] [--max-tokens 4]
 
 Needs the engine (deploy/install-engine.sh) and Debian's ``redis-server``.
@@ -255,17 +255,28 @@ def run_workload(gw_url: str, key: str, model: str, convs, args) -> list[float]:
 
 
 def measure(replicas, gw_url, key, model, workload, args) -> dict:
+    """One run of ``workload``: raw counts (deltas of the replicas' metrics) and TTFTs."""
     before = [metric_sums(r.root_url) for r in replicas]
     ttfts = run_workload(
         gw_url, key, model, requests_for(workload, args, secrets.token_hex(4)), args
     )
     time.sleep(1.0)  # let the last requests' counters land
     after = [metric_sums(r.root_url) for r in replicas]
-    hits = sum(a.get(HITS, 0) - b.get(HITS, 0) for a, b in zip(after, before, strict=True))
-    queries = sum(a.get(QUERIES, 0) - b.get(QUERIES, 0) for a, b in zip(after, before, strict=True))
-    served = [a.get(REQUESTS, 0) - b.get(REQUESTS, 0) for a, b in zip(after, before, strict=True)]
+    pairs = list(zip(after, before, strict=True))
+    return {
+        "hits": sum(a.get(HITS, 0) - b.get(HITS, 0) for a, b in pairs),
+        "queries": sum(a.get(QUERIES, 0) - b.get(QUERIES, 0) for a, b in pairs),
+        "served": [a.get(REQUESTS, 0) - b.get(REQUESTS, 0) for a, b in pairs],
+        "ttfts": ttfts,
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    hits = sum(r["hits"] for r in runs)
+    queries = sum(r["queries"] for r in runs)
+    served = [sum(col) for col in zip(*(r["served"] for r in runs), strict=True)]
     total = sum(served) or 1
-    ttfts.sort()
+    ttfts = sorted(t for r in runs for t in r["ttfts"])
     return {
         "hit_ratio": hits / queries if queries else 0.0,
         "ttft_p50": statistics.median(ttfts),
@@ -292,6 +303,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--prefix-words", type=int, default=300)
     parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved runs per policy and workload"
+    )
     parser.add_argument("--model-dir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -331,26 +345,35 @@ def main() -> int:
             )
         print(f"{args.replicas} replicas ready; logs in {tmp}", flush=True)
         key = publish(redis_url, replicas, version=1)
-        for policy in POLICIES:
-            gw, gw_url = start_gateway(tmp, redis_url, policy)
-            try:
-                time.sleep(1.0)  # the gateway loads the snapshot at start-up
-                if policy == POLICIES[0]:
-                    run_workload(
-                        gw_url, key, "pool", requests_for("unique", args, "warm")[:4], args
-                    )
-                    results[("single replica", "sessions")] = measure(
-                        replicas, gw_url, key, "solo", "sessions", args
-                    )
-                    print(row("single replica / sessions", results[("single replica", "sessions")]))
-                for workload in WORKLOADS:
-                    results[(policy, workload)] = measure(
-                        replicas, gw_url, key, "pool", workload, args
-                    )
+        # One gateway per policy, all running, and the policies interleaved (in
+        # alternating order) for each workload, so a machine that gets busier or
+        # quieter during the run does not favour whichever policy ran first.
+        gateways: dict[str, tuple[subprocess.Popen, str]] = {}
+        try:
+            for policy in POLICIES:
+                gateways[policy] = start_gateway(tmp, redis_url, policy)
+            time.sleep(1.0)  # the gateways load the snapshot at start-up
+            first_url = gateways[POLICIES[0]][1]
+            run_workload(first_url, key, "pool", requests_for("unique", args, "warm")[:4], args)
+            results[("single replica", "sessions")] = summarize(
+                [measure(replicas, first_url, key, "solo", "sessions", args)]
+            )
+            print(row("single replica / sessions", results[("single replica", "sessions")]))
+            for workload in WORKLOADS:
+                runs: dict[str, list[dict]] = {policy: [] for policy in POLICIES}
+                for round_ in range(args.rounds):
+                    order = POLICIES if round_ % 2 == 0 else tuple(reversed(POLICIES))
+                    for policy in order:
+                        runs[policy].append(
+                            measure(replicas, gateways[policy][1], key, "pool", workload, args)
+                        )
+                for policy in POLICIES:
+                    results[(policy, workload)] = summarize(runs[policy])
                     print(row(f"{policy} / {workload}", results[(policy, workload)]), flush=True)
-            finally:
-                gw.terminate()
-                gw.wait(timeout=30)
+        finally:
+            for proc, _ in gateways.values():
+                proc.terminate()
+                proc.wait(timeout=30)
 
     print()
     print(f"{'policy / workload':<28} {'hit':>6} {'TTFT p50':>9} {'TTFT p95':>9}   replica shares")
