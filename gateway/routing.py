@@ -11,8 +11,10 @@ Three strategies:
   shared through Redis, see ``gateway.loadshare``). Bounded load: a route whose
   load has reached ``ceil((1 + load_bound) x mean)`` (mean counted with the new
   request) is only a fallback, so no replica takes more than its bound while another
-  has room; among the routes under the bound the longest match wins, then the
-  lower load, then round-robin;
+  has room; the same bound applies to each route's recent request rate (decayed
+  count of requests sent by this process), so a hot prefix spreads even when its
+  requests rarely overlap; among the routes under the bounds the longest match wins,
+  then the lower load, then round-robin;
 * least outstanding requests (setting): the route with the fewest requests in
   flight to it; ties go round-robin;
 * affinity (setting, or per model): rendezvous hashing on the request's ``user`` or
@@ -104,6 +106,10 @@ class PrefixIndex:
 @dataclass(slots=True)
 class RouteHealth:
     outstanding: int = 0
+    #: Requests sent recently, decaying with ``Router.recent_half_life`` (the rate
+    #: the bound also applies to: requests that rarely overlap still spread).
+    recent: float = 0.0
+    recent_at: float = 0.0
     consecutive_failures: int = 0
     ejected_until: float = 0.0
 
@@ -118,10 +124,12 @@ class Router:
         eject_seconds: float = 10.0,
         load_bound: float = 0.25,
         prefix_capacity: int = 50_000,
+        recent_half_life: float = 2.0,
         clock=time.monotonic,
     ) -> None:
         self.strategy = strategy
         self.load_bound = load_bound
+        self.recent_half_life = recent_half_life
         self.prefixes = PrefixIndex(prefix_capacity)
         #: Requests in flight per route from the other gateway processes (kept
         #: current by ``gateway.loadshare.LoadShare``; empty when there is none).
@@ -181,12 +189,30 @@ class Router:
         self, rotated: list[contract.Route], loads: dict[str, int], blocks: tuple[int, ...]
     ) -> list[contract.Route]:
         cap = self.load_cap(loads.values(), len(rotated))
+        recent = {rid: self.recent(rid) for rid in loads}
+        # The same bound on the recent request rate (not rounded up): a hot prefix
+        # whose requests rarely overlap still spreads once its holder has taken more
+        # than its share, and then both holders tie on the match.
+        recent_cap = (1.0 + self.load_bound) * (sum(recent.values()) + 1) / len(rotated)
         matched = self.prefixes.match(blocks, loads) if blocks else dict.fromkeys(loads, 0)
         # Sorted is stable: equal scores keep the round-robin rotation.
         return sorted(
             rotated,
-            key=lambda r: (loads[r["id"]] >= cap, -matched[r["id"]], loads[r["id"]]),
+            key=lambda r: (
+                loads[r["id"]] >= cap,
+                recent[r["id"]] >= recent_cap,
+                -matched[r["id"]],
+                loads[r["id"]],
+            ),
         )
+
+    def recent(self, route_id: str) -> float:
+        """Requests sent to the route recently (exponentially decayed)."""
+        health = self._h(route_id)
+        if health.recent == 0.0:
+            return 0.0
+        age = max(0.0, self.clock() - health.recent_at)
+        return health.recent * 0.5 ** (age / self.recent_half_life)
 
     def record_prompt(self, route_id: str, blocks: tuple[int, ...]) -> None:
         """Remember that ``route_id`` received (and will cache) these prompt blocks."""
@@ -213,7 +239,10 @@ class Router:
         return self.order(alias, [r for tier in tiers for r in tier], affinity_key, blocks)
 
     def acquire(self, route_id: str) -> None:
-        self._h(route_id).outstanding += 1
+        health = self._h(route_id)
+        health.recent = self.recent(route_id) + 1.0
+        health.recent_at = self.clock()
+        health.outstanding += 1
 
     def release(self, route_id: str) -> None:
         health = self._h(route_id)

@@ -129,7 +129,7 @@ def test_least_outstanding_and_affinity_stay_available():
 def test_the_choice_is_under_the_bound_and_the_best_match_there(
     n, bound, loads, remote, held, prompt
 ):
-    router = Router(load_bound=bound)
+    router = Router(load_bound=bound, clock=lambda: 0.0)
     rs = routes(n)
     blocks = tuple(prompt)
     for i, r in enumerate(rs):
@@ -140,13 +140,18 @@ def test_the_choice_is_under_the_bound_and_the_best_match_there(
         router.record_prompt(r["id"], blocks[: held[i]])
     total = {r["id"]: loads[i] + remote[i] for i, r in enumerate(rs)}
     cap = max(1, math.ceil((1 + bound) * (sum(total.values()) + 1) / n - 1e-9))
+    recent = {r["id"]: router.recent(r["id"]) for r in rs}
+    recent_cap = (1 + bound) * (sum(recent.values()) + 1) / n
     chosen = router.order("m", rs, None, blocks)[0]["id"]
     under = [rid for rid, load in total.items() if load < cap]
     assert under, "the least loaded route is always under the bound"
-    assert chosen in under  # never past the bound while another has room
+    assert chosen in under  # never past the in-flight bound while another has room
+    # under the rate bound too when some route is; then the longest match, then load
+    both = [rid for rid in under if recent[rid] < recent_cap] or under
+    assert chosen in both
     matched = router.prefixes.match(blocks, total)
-    assert matched[chosen] == max(matched[rid] for rid in under)
-    best = [rid for rid in under if matched[rid] == matched[chosen]]
+    assert matched[chosen] == max(matched[rid] for rid in both)
+    best = [rid for rid in both if matched[rid] == matched[chosen]]
     assert total[chosen] == min(total[rid] for rid in best)
 
 
@@ -171,3 +176,22 @@ def test_a_hot_prefix_never_piles_past_the_bound(steps, n):
             assert router.load(rid) <= cap
         else:
             router.release(rs[which % n]["id"])
+
+
+def test_a_hot_prefix_spreads_even_when_its_requests_never_overlap():
+    """One request at a time (the in-flight bound never bites): the holder of the hot
+    prefix takes at most its share of the recent requests, then both replicas hold
+    the prefix and share by load and round-robin."""
+    now = [0.0]
+    router = Router(load_bound=0.25, clock=lambda: now[0])
+    rs = routes(2)
+    hot = (7, 8, 9)
+    taken = {"r0": 0, "r1": 0}
+    for _ in range(40):
+        rid = router.order("m", rs, None, hot)[0]["id"]
+        router.acquire(rid)
+        router.record_prompt(rid, hot)
+        router.release(rid)
+        taken[rid] += 1
+        now[0] += 0.1
+    assert max(taken.values()) <= 1.5 * 40 / 2, taken
