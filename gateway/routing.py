@@ -11,8 +11,9 @@ Three strategies:
   shared through Redis, see ``gateway.loadshare``). Bounded load: a route whose
   load has reached ``ceil((1 + load_bound) x mean)`` (mean counted with the new
   request) is only a fallback, so no replica takes more than its bound while another
-  has room; the same bound applies to each route's recent request rate (decayed
-  count of requests sent by this process), so a hot prefix spreads even when its
+  has room; a bound twice as loose, ``1 + 2 x load_bound``, applies to each route's
+  recent request rate (decayed count of requests this process sent), so a hot prefix
+  spreads even when its
   requests rarely overlap; among the routes under the bounds the longest match wins,
   then the lower load, then round-robin;
 * least outstanding requests (setting): the route with the fewest requests in
@@ -193,7 +194,9 @@ class Router:
         # The same bound on the recent request rate (not rounded up): a hot prefix
         # whose requests rarely overlap still spreads once its holder has taken more
         # than its share, and then both holders tie on the match.
-        recent_cap = (1.0 + self.load_bound) * (sum(recent.values()) + 1) / len(rotated)
+        # Twice as loose as the in-flight bound: sessions spread unevenly over a few
+        # replicas (3 and 2 on two) must not spill and lose their cache.
+        recent_cap = (1.0 + 2 * self.load_bound) * (sum(recent.values()) + 1) / len(rotated)
         matched = self.prefixes.match(blocks, loads) if blocks else dict.fromkeys(loads, 0)
         # Sorted is stable: equal scores keep the round-robin rotation.
         return sorted(
