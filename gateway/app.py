@@ -23,6 +23,8 @@ from redis.backoff import NoBackoff
 
 from gateway import contract
 from gateway.auth import Principal, authenticate, presented_key, require_scope
+from gateway.coldstart import ClientGone as ColdStartClientGone
+from gateway.coldstart import ColdStarts
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.limits import (
@@ -34,10 +36,11 @@ from gateway.limits import (
     has_admission_limits,
     has_budget,
 )
+from gateway.loadshare import LoadShare
 from gateway.locallimits import LocalLimiter
 from gateway.metrics import Metrics
 from gateway.netguard import NetGuard
-from gateway.policy import Plan, affinity_key_for, level_limits, plan_request
+from gateway.policy import Plan, affinity_key_for, level_limits, plan_request, prompt_blocks
 from gateway.proxy import Proxy
 from gateway.resp import ScriptClient
 from gateway.routing import Router
@@ -134,14 +137,24 @@ class Services:
             pubsub_redis=self.pubsub_redis,
         )
         self.proxy = Proxy(self.client, gateway.router, gateway.metrics, settings)
+        self.cold_starts = ColdStarts(
+            self.redis,
+            queue_limit=settings.cold_start_queue,
+            timeout=settings.cold_start_timeout,
+        )
+        self.loadshare = LoadShare(
+            self.redis, gateway.router, gateway.instance, settings.load_share_interval
+        )
 
     async def start(self) -> None:
         self.usage.start()
         await self.watcher.start()
+        self.loadshare.start()
         with contextlib.suppress(Exception):  # connect now rather than on the first request
             await self.scripts.execute("PING")
 
     async def stop(self) -> None:
+        await self.loadshare.stop()
         await self.watcher.stop()
         await self.usage.stop()
         await self.client.aclose()
@@ -162,13 +175,44 @@ class Gateway:
             affinity_models=settings.affinity_models,
             eject_after_failures=settings.eject_after_failures,
             eject_seconds=settings.eject_seconds,
+            load_bound=settings.load_bound,
+            prefix_capacity=settings.prefix_index_blocks,
         )
         self.services: Services | None = None
-        self._instance = uuid.uuid4().hex[:12]
+        self.instance = uuid.uuid4().hex[:12]
         self._sequence = itertools.count()
 
     def _on_snapshot(self, snapshot: CompiledSnapshot) -> None:
         self.metrics.snapshot_version.set(snapshot.version)
+        if self.services is not None:
+            self.services.cold_starts.snapshot_changed()
+
+    async def _hold_for_replica(
+        self, ctx: RequestContext, plan: Plan, raw: bytes, principal: Principal, receive: Any
+    ) -> Plan:
+        """Hold a request for an autoscaled model with no ready replica (see
+        ``gateway.coldstart``); the plan, made again on the snapshot that has one."""
+        assert self.services is not None
+
+        def replanned() -> Plan | None:
+            snapshot = self.snapshots.current
+            if plan.alias not in snapshot.models:
+                return None
+            again = plan_request(plan.endpoint, raw, principal, snapshot, self.settings)
+            return again if again.routes else None
+
+        started = time.monotonic()
+        try:
+            ready = await self.services.cold_starts.hold(plan.alias, replanned, receive)
+        except ColdStartClientGone:
+            raise _ClientGone() from None
+        log.info(
+            "request %s: held %.1f s for a replica of %s",
+            ctx.request_id,
+            time.monotonic() - started,
+            plan.alias,
+        )
+        return ready
 
     # ------------------------------------------------------------------ ASGI entry
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -329,12 +373,19 @@ class Gateway:
                 ctx.model = model
                 ctx.model_label = model if model in snapshot.models else "unknown"
             reservation = await self._admit(ctx, principal, plan)
+            if not plan.routes and snapshot.models[plan.alias].get("cold_start"):
+                plan = await self._hold_for_replica(ctx, plan, raw, principal, receive)
             affinity = (
                 affinity_key_for(plan, settings.affinity_prefix_chars)
                 if self.router.uses_affinity(plan.alias)
                 else None
             )
-            await services.proxy.forward(ctx, plan, raw, affinity, send, receive)
+            blocks = (
+                prompt_blocks(plan, settings.prefix_block_chars, settings.prefix_max_blocks)
+                if self.router.strategy == "cache-aware" and affinity is None
+                else ()
+            )
+            await services.proxy.forward(ctx, plan, raw, affinity, send, receive, blocks)
         except GatewayError as err:
             ctx.status = err.status
             ctx.error = err.code
@@ -387,7 +438,7 @@ class Gateway:
             for level, sid, lim, model in level_limits(principal, plan.alias)
         ]
         # Unique even when clients reuse request ids: the slot must be this request's.
-        member = f"{ctx.request_id}:{self._instance}:{next(self._sequence)}"
+        member = f"{ctx.request_id}:{self.instance}:{next(self._sequence)}"
         if not has_admission_limits(subjects):
             return services.limiter.unlimited(subjects, member)
         try:

@@ -42,6 +42,13 @@ LIMITS_PREFIX = KEY_PREFIX + "lim:"
 LIMITS_SEEDED_KEY = LIMITS_PREFIX + "seeded"
 #: Liveness of background services that have no HTTP endpoint: the value is the unix
 #: time of the service's last loop, the key expires when it stops (``HEARTBEAT_TTL``).
+#: + a model alias: when a gateway last held a request for it for lack of a replica
+#: (a Unix time); the autoscaler reads it to scale a deployment up from zero.
+DEMAND_PREFIX = KEY_PREFIX + "demand:"
+#: + a gateway process's instance id: its requests in flight per route (a hash).
+INFLIGHT_PREFIX = KEY_PREFIX + "gw:inflight:"
+#: The gateway processes exchanging in-flight counts (a sorted set, scored by time).
+INFLIGHT_PROCESSES = KEY_PREFIX + "gw:inflight-processes"
 HEARTBEAT_PREFIX = KEY_PREFIX + "heartbeat:"
 HEARTBEAT_BEAT = HEARTBEAT_PREFIX + "beat"  # Celery beat's scheduler
 HEARTBEAT_LEDGER = HEARTBEAT_PREFIX + "ledger:"  # + the consumer's name
@@ -185,6 +192,9 @@ class ModelEntry(TypedDict):
     openness: Literal["open-source", "open-weights", "open-access"]
     context_length: int | None
     routes: list[Route]
+    #: An autoscaled deployment serves the model: with no ready route, a gateway holds
+    #: the request and signals demand (``DEMAND_PREFIX``) instead of answering 503.
+    cold_start: NotRequired[bool]
 
 
 class Snapshot(TypedDict):

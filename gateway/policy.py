@@ -11,6 +11,7 @@ the limits will hold before the request goes upstream.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -320,7 +321,9 @@ def plan_request(
             )
         routes = internal
     own, shared = split_by_owner(routes, principal.org_id)
-    if not own and not shared:
+    # An autoscaled model with no ready replica: the gateway holds the request
+    # (gateway.coldstart) rather than refusing it.
+    if not own and not shared and not model.get("cold_start"):
         raise GatewayError(
             503,
             f"Your organization has no deployment of the model '{alias}' with a ready "
@@ -405,3 +408,47 @@ def prompt_count(endpoint: str, body: dict[str, Any]) -> int:
 
 def affinity_key_for(plan: Plan, prefix_chars: int) -> str | None:
     return _affinity_key(plan.endpoint, plan.body, prefix_chars)
+
+
+def _prompt_text(endpoint: str, body: dict[str, Any]) -> str:
+    """The prompt as the engine will see it, up to its template: each chat message's
+    role and text (text parts only), or the completion prompt."""
+    if endpoint == "chat.completions":
+        pieces: list[str] = []
+        for message in body.get("messages") or ():
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+            role = message.get("role")
+            pieces.append(
+                f"{role if isinstance(role, str) else ''}\x1f"
+                f"{content if isinstance(content, str) else ''}\x1e"
+            )
+        return "".join(pieces)
+    if endpoint == "completions":
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
+    return ""  # embeddings keep no prefix cache
+
+
+def prompt_blocks(plan: Plan, block_chars: int, max_blocks: int) -> tuple[int, ...]:
+    """Chained hashes of the prompt's whole ``block_chars`` blocks (at most
+    ``max_blocks``), seeded with the model: equal block ``i`` means equal text up to
+    the end of block ``i``, the way engines key their prefix caches."""
+    text = _prompt_text(plan.endpoint, plan.body)
+    count = min(len(text) // block_chars, max_blocks)
+    blocks: list[int] = []
+    previous = plan.alias.encode("utf-8", "surrogatepass")
+    for i in range(count):
+        chunk = text[i * block_chars : (i + 1) * block_chars]
+        previous = hashlib.blake2b(
+            previous + chunk.encode("utf-8", "surrogatepass"), digest_size=8
+        ).digest()
+        blocks.append(int.from_bytes(previous, "big"))
+    return tuple(blocks)

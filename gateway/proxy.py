@@ -111,9 +111,10 @@ class Proxy:
         affinity_key: str | None,
         send: Any,
         receive: Any,
+        blocks: tuple[int, ...] = (),
     ) -> None:
         own, shared = plan.routes[: plan.own_routes], plan.routes[plan.own_routes :]
-        candidates = self.router.order_tiers(plan.alias, [own, shared], affinity_key)
+        candidates = self.router.order_tiers(plan.alias, [own, shared], affinity_key, blocks)
         if not candidates:
             raise GatewayError(
                 503,
@@ -126,6 +127,7 @@ class Proxy:
         for route in candidates:
             route_id = route["id"]
             self.router.acquire(route_id)
+            self.router.record_prompt(route_id, blocks)
             try:
                 await self._attempt(ctx, plan, route, path, raw, send, receive)
                 return

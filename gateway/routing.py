@@ -1,9 +1,23 @@
 """Choose the upstream route of a request.
 
-Two strategies, both per process:
+Three strategies:
 
-* least outstanding requests (default): the route with the fewest requests this
-  process has in flight to it; ties go round-robin;
+* cache-aware (default): each healthy route is scored by its expected prefix-cache
+  match and its load together. The match comes from a gateway-side index of the
+  prompt blocks recently sent to each route (``PrefixIndex``: chained hashes of
+  fixed-size blocks of the prompt text, so a match is always a prefix match, as in
+  the engines' own block caches). The load is the requests in flight to the route
+  from every gateway process (this process's exact count plus the others' counts
+  shared through Redis, see ``gateway.loadshare``). Bounded load: a route whose
+  load has reached ``ceil((1 + load_bound) x mean)`` (mean counted with the new
+  request) is only a fallback, so no replica takes more than its bound while another
+  has room; a bound twice as loose, ``1 + 2 x load_bound``, applies to each route's
+  recent request rate (decayed count of requests this process sent), so a hot prefix
+  spreads even when its
+  requests rarely overlap; among the routes under the bounds the longest match wins,
+  then the lower load, then round-robin;
+* least outstanding requests (setting): the route with the fewest requests in
+  flight to it; ties go round-robin;
 * affinity (setting, or per model): rendezvous hashing on the request's ``user`` or
   on its prompt prefix, so repeated prefixes land on the same replica and its prefix
   cache; adding or removing a route only moves the keys that route owned.
@@ -21,7 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway import contract
@@ -39,9 +56,61 @@ def rendezvous_order(key: str, routes: list[contract.Route]) -> list[contract.Ro
     return sorted(routes, key=lambda r: rendezvous_score(key, r["id"]), reverse=True)
 
 
+class PrefixIndex:
+    """Which routes recently received which prompt blocks (bounded, least recently
+    used blocks forgotten first).
+
+    Blocks are chained hashes (``gateway.policy.prompt_blocks``): block ``i`` can only
+    be equal when blocks ``0..i-1`` are too, so the leading run of blocks a route holds
+    is the prefix it is expected to have cached.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._blocks: OrderedDict[int, dict[str, None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def match(self, blocks: Iterable[int], route_ids: Iterable[str]) -> dict[str, int]:
+        """Leading blocks of ``blocks`` each route holds."""
+        matched = dict.fromkeys(route_ids, 0)
+        alive = set(matched)
+        for block in blocks:
+            holders = self._blocks.get(block)
+            if holders is None:
+                break
+            alive.intersection_update(holders)
+            if not alive:
+                break
+            for route_id in alive:
+                matched[route_id] += 1
+        return matched
+
+    def record(self, blocks: Iterable[int], route_id: str) -> None:
+        entries = self._blocks
+        for block in blocks:
+            holders = entries.get(block)
+            if holders is None:
+                holders = entries[block] = {}
+            else:
+                entries.move_to_end(block)
+            holders[route_id] = None
+        while len(entries) > self.capacity:
+            entries.popitem(last=False)
+
+    def forget_route(self, route_id: str) -> None:
+        for holders in self._blocks.values():
+            holders.pop(route_id, None)
+
+
 @dataclass(slots=True)
 class RouteHealth:
     outstanding: int = 0
+    #: Requests sent recently, decaying with ``Router.recent_half_life`` (the rate
+    #: the bound also applies to: requests that rarely overlap still spread).
+    recent: float = 0.0
+    recent_at: float = 0.0
     consecutive_failures: int = 0
     ejected_until: float = 0.0
 
@@ -50,13 +119,22 @@ class Router:
     def __init__(
         self,
         *,
-        strategy: str = "least-outstanding",
+        strategy: str = "cache-aware",
         affinity_models: tuple[str, ...] = (),
         eject_after_failures: int = 3,
         eject_seconds: float = 10.0,
+        load_bound: float = 0.25,
+        prefix_capacity: int = 50_000,
+        recent_half_life: float = 2.0,
         clock=time.monotonic,
     ) -> None:
         self.strategy = strategy
+        self.load_bound = load_bound
+        self.recent_half_life = recent_half_life
+        self.prefixes = PrefixIndex(prefix_capacity)
+        #: Requests in flight per route from the other gateway processes (kept
+        #: current by ``gateway.loadshare.LoadShare``; empty when there is none).
+        self.remote_outstanding: dict[str, int] = {}
         self.affinity_models = frozenset(affinity_models)
         self.eject_after_failures = eject_after_failures
         self.eject_seconds = eject_seconds
@@ -73,8 +151,16 @@ class Router:
     def uses_affinity(self, alias: str) -> bool:
         return self.strategy == "affinity" or alias in self.affinity_models
 
+    def load(self, route_id: str) -> int:
+        """Requests in flight to the route from every gateway process."""
+        return self._h(route_id).outstanding + self.remote_outstanding.get(route_id, 0)
+
     def order(
-        self, alias: str, routes: list[contract.Route], affinity_key: str | None
+        self,
+        alias: str,
+        routes: list[contract.Route],
+        affinity_key: str | None,
+        blocks: tuple[int, ...] = (),
     ) -> list[contract.Route]:
         """Candidate routes in the order to try them."""
         if not routes:
@@ -89,10 +175,59 @@ class Router:
             return healthy
         start = next(self._rr) % len(healthy)
         rotated = healthy[start:] + healthy[:start]
-        return sorted(rotated, key=lambda r: self._h(r["id"]).outstanding)
+        loads = {r["id"]: self.load(r["id"]) for r in rotated}
+        if self.strategy != "cache-aware":
+            return sorted(rotated, key=lambda r: loads[r["id"]])
+        return self._cache_aware(rotated, loads, blocks)
+
+    def load_cap(self, loads: Iterable[int], routes: int) -> int:
+        """The most requests one route may hold while another has room: the mean
+        (counting the request being placed) times ``1 + load_bound``, rounded up."""
+        mean = (sum(loads) + 1) / routes
+        return max(1, math.ceil((1.0 + self.load_bound) * mean - 1e-9))
+
+    def _cache_aware(
+        self, rotated: list[contract.Route], loads: dict[str, int], blocks: tuple[int, ...]
+    ) -> list[contract.Route]:
+        cap = self.load_cap(loads.values(), len(rotated))
+        recent = {rid: self.recent(rid) for rid in loads}
+        # The same bound on the recent request rate (not rounded up): a hot prefix
+        # whose requests rarely overlap still spreads once its holder has taken more
+        # than its share, and then both holders tie on the match.
+        # Twice as loose as the in-flight bound: sessions spread unevenly over a few
+        # replicas (3 and 2 on two) must not spill and lose their cache.
+        recent_cap = (1.0 + 2 * self.load_bound) * (sum(recent.values()) + 1) / len(rotated)
+        matched = self.prefixes.match(blocks, loads) if blocks else dict.fromkeys(loads, 0)
+        # Sorted is stable: equal scores keep the round-robin rotation.
+        return sorted(
+            rotated,
+            key=lambda r: (
+                loads[r["id"]] >= cap,
+                recent[r["id"]] >= recent_cap,
+                -matched[r["id"]],
+                loads[r["id"]],
+            ),
+        )
+
+    def recent(self, route_id: str) -> float:
+        """Requests sent to the route recently (exponentially decayed)."""
+        health = self._h(route_id)
+        if health.recent == 0.0:
+            return 0.0
+        age = max(0.0, self.clock() - health.recent_at)
+        return health.recent * 0.5 ** (age / self.recent_half_life)
+
+    def record_prompt(self, route_id: str, blocks: tuple[int, ...]) -> None:
+        """Remember that ``route_id`` received (and will cache) these prompt blocks."""
+        if blocks and self.strategy == "cache-aware":
+            self.prefixes.record(blocks, route_id)
 
     def order_tiers(
-        self, alias: str, tiers: list[list[contract.Route]], affinity_key: str | None
+        self,
+        alias: str,
+        tiers: list[list[contract.Route]],
+        affinity_key: str | None,
+        blocks: tuple[int, ...] = (),
     ) -> list[contract.Route]:
         """Candidates tier by tier: the healthy routes of each tier, ordered as
         ``order`` does, before those of the next; all of them ejected, panic mode over
@@ -101,13 +236,16 @@ class Router:
         candidates: list[contract.Route] = []
         for tier in tiers:
             healthy = [r for r in tier if self._h(r["id"]).ejected_until <= now]
-            candidates.extend(self.order(alias, healthy, affinity_key))
+            candidates.extend(self.order(alias, healthy, affinity_key, blocks))
         if candidates:
             return candidates
-        return self.order(alias, [r for tier in tiers for r in tier], affinity_key)
+        return self.order(alias, [r for tier in tiers for r in tier], affinity_key, blocks)
 
     def acquire(self, route_id: str) -> None:
-        self._h(route_id).outstanding += 1
+        health = self._h(route_id)
+        health.recent = self.recent(route_id) + 1.0
+        health.recent_at = self.clock()
+        health.outstanding += 1
 
     def release(self, route_id: str) -> None:
         health = self._h(route_id)

@@ -13,7 +13,8 @@ from typing import Literal
 from gateway.netguard import NetGuard, UnsafeURL
 
 LimitsFailMode = Literal["closed", "open"]
-RoutingStrategy = Literal["least-outstanding", "affinity"]
+RoutingStrategy = Literal["cache-aware", "least-outstanding", "affinity"]
+ROUTING_STRATEGIES = ("cache-aware", "least-outstanding", "affinity")
 
 
 class SettingsError(ValueError):
@@ -152,7 +153,22 @@ class Settings:
     #: before the gateway drops the connection.
     write_timeout: float = 30.0
 
-    routing: RoutingStrategy = "least-outstanding"
+    routing: RoutingStrategy = "cache-aware"
+    #: Cache-aware routing: a route may hold at most ``ceil((1 + load_bound) x mean)``
+    #: requests in flight while another route has room.
+    load_bound: float = 0.25
+    #: Characters per prompt block hashed for the prefix index (about 16 tokens x 4).
+    prefix_block_chars: int = 64
+    prefix_max_blocks: int = 256
+    #: Blocks the prefix index remembers (least recently used forgotten first).
+    prefix_index_blocks: int = 200_000
+    #: Seconds between two exchanges of in-flight counts with the other gateway
+    #: processes through Redis (0: no sharing, this process's view only).
+    load_share_interval: float = 0.2
+    #: Requests held per model while its autoscaled deployment starts a replica, and
+    #: seconds each may wait (503 with Retry-After past either).
+    cold_start_queue: int = 100
+    cold_start_timeout: float = 300.0
     affinity_models: tuple[str, ...] = ()
     affinity_prefix_chars: int = 512
     #: Rewrite ``model`` in non-streamed responses back to the public alias.
@@ -234,7 +250,26 @@ class Settings:
                 env, "GATEWAY_WRITE_TIMEOUT_SECONDS", cls.write_timeout, minimum=0.01
             ),
             routing=env_choice(  # type: ignore[arg-type]
-                env, "GATEWAY_ROUTING", "least-outstanding", ("least-outstanding", "affinity")
+                env, "GATEWAY_ROUTING", "cache-aware", ROUTING_STRATEGIES
+            ),
+            load_bound=env_float(env, "GATEWAY_ROUTING_LOAD_BOUND", cls.load_bound),
+            prefix_block_chars=env_int(
+                env, "GATEWAY_PREFIX_BLOCK_CHARS", cls.prefix_block_chars, minimum=8
+            ),
+            prefix_max_blocks=env_int(
+                env, "GATEWAY_PREFIX_MAX_BLOCKS", cls.prefix_max_blocks, minimum=1
+            ),
+            prefix_index_blocks=env_int(
+                env, "GATEWAY_PREFIX_INDEX_BLOCKS", cls.prefix_index_blocks, minimum=1
+            ),
+            cold_start_queue=env_int(
+                env, "GATEWAY_COLD_START_QUEUE", cls.cold_start_queue, minimum=0
+            ),
+            cold_start_timeout=env_float(
+                env, "GATEWAY_COLD_START_TIMEOUT", cls.cold_start_timeout, minimum=0.0
+            ),
+            load_share_interval=env_float(
+                env, "GATEWAY_LOAD_SHARE_INTERVAL", cls.load_share_interval
             ),
             affinity_models=env_list(env, "GATEWAY_AFFINITY_MODELS"),
             affinity_prefix_chars=env_int(

@@ -94,7 +94,7 @@ def build_snapshot() -> contract.Snapshot:
     from controlplane.audit.models import AuditEvent
     from controlplane.catalog.models import Model
     from controlplane.catalog.services import routes_by_alias, usable_aliases_by_org
-    from controlplane.fleet.services import replica_routes
+    from controlplane.fleet.services import autoscaled_aliases, replica_routes
     from controlplane.quotas.models import LimitPolicy
     from controlplane.tenancy.models import ApiKey, Organization, Team
 
@@ -153,6 +153,7 @@ def build_snapshot() -> contract.Snapshot:
     # Replicas the fleet runs enter the routes once READY (and leave when they are not).
     for alias, fleet_routes in replica_routes().items():
         routes[alias] = [*routes.get(alias, []), *fleet_routes]
+    cold_start = autoscaled_aliases()
     for model in Model.objects.prefetch_related("versions"):
         default = next((v for v in model.versions.all() if v.is_default), None)
         snapshot["models"][model.alias] = {
@@ -161,6 +162,8 @@ def build_snapshot() -> contract.Snapshot:
             "context_length": default.context_length if default else None,
             "routes": routes.get(model.alias, []),
         }
+        if model.alias in cold_start:
+            snapshot["models"][model.alias]["cold_start"] = True
     return snapshot
 
 

@@ -153,6 +153,38 @@ def test_foreign_deployment_is_404_through_own_org(clients, fleet):
             "gpu_memory_fraction",
         ),
         ({"name": "x", "model": "tiny-chat", "pool": "gpu", "dtype": "float64"}, "dtype"),
+        ({"name": "x", "model": "tiny-chat", "pool": "gpu", "min_replicas": 0}, "max_replicas"),
+        ({"name": "x", "model": "tiny-chat", "pool": "gpu", "max_replicas": 2}, "min_replicas"),
+        (
+            {
+                "name": "x",
+                "model": "tiny-chat",
+                "pool": "gpu",
+                "min_replicas": 3,
+                "max_replicas": 2,
+            },
+            "max_replicas",
+        ),
+        (
+            {"name": "x", "model": "tiny-chat", "pool": "gpu", "scale_target": "cpu"},
+            "scale_target",
+        ),
+        (
+            {
+                "name": "x",
+                "model": "tiny-chat",
+                "pool": "gpu",
+                "min_replicas": 0,
+                "max_replicas": 2,
+                "scale_target": "kv_cache",
+                "scale_target_value": 2,
+            },
+            "scale_target_value",
+        ),
+        (
+            {"name": "x", "model": "tiny-chat", "pool": "gpu", "scale_down_delay_seconds": 0},
+            "scale_down_delay_seconds",
+        ),
         ({"name": "x", "model": "tiny-chat", "pool": "gpu", "api_key": "k"}, "api_key"),
     ],
 )

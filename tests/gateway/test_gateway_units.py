@@ -380,7 +380,7 @@ def test_affinity_per_model_only():
 
 
 def test_least_outstanding_prefers_the_idle_route():
-    router = Router()
+    router = Router(strategy="least-outstanding")
     rs = routes(3)
     router.acquire("r0")
     router.acquire("r0")
@@ -393,7 +393,7 @@ def test_least_outstanding_prefers_the_idle_route():
 
 
 def test_least_outstanding_round_robins_ties():
-    router = Router()
+    router = Router(strategy="least-outstanding")
     firsts = {router.order("m", routes(3), None)[0]["id"] for _ in range(6)}
     assert firsts == {"r0", "r1", "r2"}
 

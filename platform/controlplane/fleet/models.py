@@ -119,6 +119,11 @@ class Node(models.Model):
             self.state = NodeState.CORDONED if self.cordoned else NodeState.READY
 
 
+class ScaleTarget(models.TextChoices):
+    WAITING = "waiting", "Requests waiting per replica"
+    KV_CACHE = "kv_cache", "KV-cache usage"
+
+
 class Deployment(models.Model):
     """Capacity belongs to its owner. An organization's deployment serves only that
     organization. A platform deployment (``organization`` empty, created by platform
@@ -149,6 +154,40 @@ class Deployment(models.Model):
         ModelVersion, on_delete=models.PROTECT, related_name="deployments"
     )
     replicas = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(64)])
+    # Autoscaling (on when min_replicas is set): the reconciler moves ``replicas``
+    # inside [min_replicas, max_replicas] from the replicas' load reports.
+    min_replicas = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(64)],
+        help_text="Autoscale from this many replicas (0: scale to zero when idle)",
+    )
+    max_replicas = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(64)],
+        help_text="Autoscale up to this many replicas",
+    )
+    scale_target = models.CharField(
+        max_length=8,
+        choices=ScaleTarget.choices,
+        default=ScaleTarget.WAITING,
+        help_text="What the autoscaler holds at its target value",
+    )
+    scale_target_value = models.FloatField(
+        default=2.0,
+        validators=[MinValueValidator(0.01), MaxValueValidator(1000.0)],
+        help_text="Requests waiting per replica, or KV-cache usage (0..1), to scale up above",
+    )
+    scale_down_delay_seconds = models.PositiveIntegerField(
+        default=300,
+        validators=[MinValueValidator(1), MaxValueValidator(86_400)],
+        help_text="Seconds without load above the target (and since the last change) "
+        "before scaling down",
+    )
+    scaled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    busy_at = models.DateTimeField(null=True, blank=True, editable=False)
+    active_at = models.DateTimeField(null=True, blank=True, editable=False)
     pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="deployments")
     selector = models.JSONField(default=dict, blank=True)
     tensor_parallel_size = models.PositiveSmallIntegerField(
@@ -197,6 +236,10 @@ class Deployment(models.Model):
     @property
     def is_platform(self) -> bool:
         return self.organization_id is None
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None
 
 
 class ReplicaState(models.TextChoices):

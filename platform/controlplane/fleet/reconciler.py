@@ -22,7 +22,7 @@ from django.utils import timezone
 from controlplane.audit.services import record_event
 from controlplane.catalog.secrets import decrypt_secret, encrypt_secret
 from controlplane.env import env_int
-from controlplane.fleet import node_auth, placement, reconcile
+from controlplane.fleet import autoscale, node_auth, placement, reconcile
 from controlplane.fleet import services as fleet_services
 from controlplane.fleet.models import (
     ArtifactFetch,
@@ -36,6 +36,7 @@ from controlplane.fleet.models import (
 )
 from controlplane.snapshot import publish_on_commit
 from controlplane.tenancy.actors import Actor
+from gateway import contract
 from workers import protocol
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,114 @@ def _mark_lost_nodes(now: dt.datetime) -> None:
                 "last_heartbeat": [None, str(node.last_heartbeat)],
             },
         )
+
+
+def demand_times() -> dict[str, float]:
+    """When a gateway last held a request for each model alias that had no replica
+    (the gateways' demand signal); empty when Redis is unreachable."""
+    from controlplane.redis import get_redis
+
+    try:
+        client = get_redis()
+        keys = list(client.scan_iter(match=contract.DEMAND_PREFIX + "*", count=200))
+        values = client.mget(keys) if keys else []
+    except Exception:  # the autoscaler then just does not wake anything this pass
+        log.warning("could not read the gateways' demand signals", exc_info=True)
+        return {}
+    times: dict[str, float] = {}
+    for key, value in zip(keys, values, strict=True):
+        key = key.decode() if isinstance(key, bytes) else key
+        try:
+            times[key[len(contract.DEMAND_PREFIX) :]] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return times
+
+
+def _ts(value: dt.datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _autoscale(now: dt.datetime) -> None:
+    """Move each autoscaled deployment's replica count (``fleet.autoscale``); every
+    change is an audited system event with its reason."""
+    deployments = list(
+        Deployment.objects.select_for_update(of=("self",))
+        .filter(min_replicas__isnull=False)
+        .select_related("model_version__model")
+    )
+    if not deployments:
+        return
+    demand = demand_times()
+    ready = Replica.objects.filter(
+        deployment__in=deployments,
+        state=ReplicaState.READY,
+        node__state__in=["ready", "cordoned"],
+    )
+    loads: dict = {}
+    ready_since: dict = {}
+    for replica in ready:
+        loads.setdefault(replica.deployment_id, []).append(replica.load or {})
+        ready_since[replica.deployment_id] = max(
+            ready_since.get(replica.deployment_id, 0.0), replica.state_changed_at.timestamp()
+        )
+    for deployment in deployments:
+        policy = autoscale.ScalePolicy(
+            min_replicas=deployment.min_replicas,
+            max_replicas=deployment.max_replicas or 0,
+            target=deployment.scale_target,
+            target_value=deployment.scale_target_value,
+            scale_down_delay=deployment.scale_down_delay_seconds,
+        )
+        ready_loads = tuple(loads.get(deployment.pk, ()))
+        dirty = []
+        if autoscale.is_busy(policy, ready_loads):
+            deployment.busy_at = now
+            dirty.append("busy_at")
+        if autoscale.is_active(ready_loads):
+            deployment.active_at = now
+            dirty.append("active_at")
+        decision = autoscale.decide_scale(
+            policy,
+            autoscale.ScaleInputs(
+                desired=deployment.replicas,
+                ready_loads=ready_loads,
+                now=now.timestamp(),
+                # A user's change (creation included) counts as a change too, and so
+                # does a replica becoming ready: it gets the whole delay to take work.
+                changed_at=max(
+                    _ts(deployment.scaled_at) or 0.0,
+                    deployment.updated_at.timestamp(),
+                    ready_since.get(deployment.pk, 0.0),
+                ),
+                busy_at=_ts(deployment.busy_at),
+                active_at=_ts(deployment.active_at),
+                demand_at=demand.get(deployment.model_version.model.alias),
+            ),
+        )
+        if decision is not None:
+            record_event(
+                actor=RECONCILER,
+                action="deployment.autoscale",
+                target=deployment,
+                organization_id=deployment.organization_id,
+                changes={
+                    "replicas": [deployment.replicas, decision.replicas],
+                    "reason": [None, decision.reason],
+                },
+            )
+            log.info(
+                "%s: %d -> %d replicas (%s)",
+                deployment,
+                deployment.replicas,
+                decision.replicas,
+                decision.reason,
+            )
+            deployment.replicas = decision.replicas
+            deployment.scaled_at = now
+            dirty += ["replicas", "scaled_at"]
+        if dirty:
+            deployment.save(update_fields=dirty)
 
 
 def _apply_plan(now: dt.datetime) -> None:
@@ -427,6 +536,7 @@ def reconcile_once(now: dt.datetime | None = None) -> bool:
             return False
         before = _ready_set()
         _mark_lost_nodes(now)
+        _autoscale(now)
         _apply_plan(now)
         _place_pending(now)
         _push_desired_states()

@@ -267,7 +267,14 @@ DEPLOYMENT_FIELDS = {
     "quantization",
     "enable_lora",
     "engine_args",
+    "min_replicas",
+    "max_replicas",
+    "scale_target",
+    "scale_target_value",
+    "scale_down_delay_seconds",
 }
+#: Written by the autoscaler on every pass; not part of what a user changes.
+AUTOSCALER_STATE_FIELDS = ("scaled_at", "busy_at", "active_at")
 
 
 def served_task(version: ModelVersion) -> str:
@@ -409,6 +416,24 @@ def _validate_deployment(deployment: Deployment) -> None:
             {"max_model_len": f"At most the model's context length ({version.context_length})."}
         )
     memory_request(deployment)  # raises when the memory need is unknown
+    _validate_autoscaling(deployment)
+
+
+def _validate_autoscaling(deployment: Deployment) -> None:
+    """Autoscaling is on with ``min_replicas``; it then needs ``max_replicas`` at least
+    as large, and the replica count starts inside the bounds."""
+    low, high = deployment.min_replicas, deployment.max_replicas
+    if low is None:
+        if high is not None:
+            raise ValidationError({"min_replicas": "Set min_replicas too to autoscale."})
+        return
+    if high is None:
+        raise ValidationError({"max_replicas": "Autoscaling needs max_replicas."})
+    if high < max(low, 1):
+        raise ValidationError({"max_replicas": "Must be at least min_replicas, and at least 1."})
+    if deployment.scale_target == "kv_cache" and deployment.scale_target_value > 1:
+        raise ValidationError({"scale_target_value": "KV-cache usage is between 0 and 1."})
+    deployment.replicas = min(max(deployment.replicas, low), high)
 
 
 def _check_quota(deployment: Deployment) -> None:
@@ -423,7 +448,8 @@ def _check_quota(deployment: Deployment) -> None:
         .aggregate(gpus=Sum(F("replicas") * F("tensor_parallel_size")))["gpus"]
         or 0
     )
-    wanted = deployment.replicas * deployment.tensor_parallel_size
+    most = deployment.max_replicas if deployment.autoscaled else deployment.replicas
+    wanted = most * deployment.tensor_parallel_size
     if others + wanted > quota:
         raise ValidationError(
             {
@@ -436,6 +462,8 @@ def _check_quota(deployment: Deployment) -> None:
 def _audit_values(deployment: Deployment) -> dict:
     values = field_values(deployment)
     values.pop("spec_hash", None)
+    for name in AUTOSCALER_STATE_FIELDS:
+        values.pop(name, None)
     return values
 
 
@@ -507,6 +535,8 @@ def create_deployment(*, actor: Actor, organization: Organization | None, **fiel
         organization_id=organization.pk if organization is not None else None,
         changes=diff({}, {**_audit_values(deployment), **_sharing_values(deployment)}),
     )
+    if deployment.autoscaled:
+        publish_on_commit()  # the gateways hold its requests during a cold start
     request_reconcile()
     return deployment
 
@@ -554,8 +584,8 @@ def update_deployment(*, actor: Actor, deployment: Deployment, **fields) -> Depl
         )
         if spec_changes:
             request_reconcile()
-        if "shared_with_all" in changes or sharing_changes:
-            publish_on_commit()  # who may use its replicas changed
+        if "shared_with_all" in changes or sharing_changes or "min_replicas" in changes:
+            publish_on_commit()  # who may use its replicas, or cold starts, changed
     return deployment
 
 
@@ -593,6 +623,16 @@ def route_access(deployment: Deployment) -> tuple[str | None, list[str] | None]:
     if deployment.shared_with_all:
         return None, None
     return None, sorted(str(org.pk) for org in deployment.shared_with.all())
+
+
+def autoscaled_aliases() -> set[str]:
+    """Aliases served by an autoscaled deployment: the gateways hold their requests
+    while no replica is ready (a cold start) instead of refusing them."""
+    return set(
+        Deployment.objects.filter(min_replicas__isnull=False).values_list(
+            "model_version__model__alias", flat=True
+        )
+    )
 
 
 def replica_routes() -> dict[str, list[contract.Route]]:

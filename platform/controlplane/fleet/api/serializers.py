@@ -167,13 +167,27 @@ class DeploymentSerializer(StrictModelSerializer):
             "quantization",
             "enable_lora",
             "engine_args",
+            "min_replicas",
+            "max_replicas",
+            "scale_target",
+            "scale_target_value",
+            "scale_down_delay_seconds",
+            "scaled_at",
             "spec_hash",
             "generation",
             "status",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "spec_hash", "generation", "status", "created_at", "updated_at"]
+        read_only_fields = [
+            "id",
+            "scaled_at",
+            "spec_hash",
+            "generation",
+            "status",
+            "created_at",
+            "updated_at",
+        ]
 
     def get_status(self, deployment) -> dict[str, int]:
         counts: dict[str, int] = {"desired": deployment.replicas, "current": 0}
