@@ -210,3 +210,53 @@ def test_counters_are_rebuilt_from_ledger_and_stream_once(world, r):
         for period in ("d", "m"):
             assert _counter(r, level, subject, period) == _ledger(period, **{field: subject})
     assert _counter(r, "org", ORG, "m") == _ledger("m", organization_id=ORG)
+
+
+def test_reseed_on_sqlite(tmp_path):
+    """The single-machine default database: the ledger consumer seeds the counters there
+    too (PostgreSQL's isolation statement does not exist on SQLite)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")
+    } | {
+        "PLATFORM_DATA_DIR": str(tmp_path / "data"),
+        "SECRET_KEY": "sqlite-reseed-test-secret-key",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    script = textwrap.dedent(
+        """
+        import datetime as dt, uuid
+        from controlplane.redis import get_redis
+        from controlplane.quotas.models import UsageRecord
+        from controlplane.quotas.reseed import seed_counters
+        from gateway import contract
+        client = get_redis()
+        client.delete(contract.LIMITS_SEEDED_KEY)
+        org = uuid.uuid4()
+        UsageRecord.objects.create(
+            request_id=uuid.uuid4().hex, organization_id=org, model="m", endpoint="chat",
+            status=200, prompt_tokens=7, completion_tokens=3,
+            occurred_at=dt.datetime.now(dt.UTC))
+        assert seed_counters(client) is True
+        mine = [k for k in client.scan_iter(contract.LIMITS_PREFIX + "*") if str(org).encode() in k]
+        assert mine, "no counter seeded for the organization"
+        assert all(int(client.get(k)) == 10 for k in mine), [client.get(k) for k in mine]
+        client.delete(*mine)
+        print("sqlite-seed-ok")
+        """
+    )
+    for argv in (["migrate", "--no-input"], ["shell", "-c", script]):
+        result = subprocess.run(
+            [sys.executable, str(root / "manage.py"), *argv],
+            env=env, cwd=root, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "sqlite-seed-ok" in result.stdout, result.stderr[-3000:]

@@ -159,7 +159,14 @@ class LedgerConsumer:
                     contract.HEARTBEAT_LEDGER + self.name, time.time(), ex=contract.HEARTBEAT_TTL
                 )
                 # Redis is a cache of the ledger: counters it lost are rebuilt first.
-                seed_counters(self.client)
+                try:
+                    seed_counters(self.client)
+                except redis.RedisError:
+                    raise
+                except Exception:
+                    # Usage keeps flowing into the ledger meanwhile; budgeted requests get
+                    # 503 limits_unavailable until a later pass seeds the counters.
+                    log.exception("could not re-seed the budget counters; retrying")
                 result = self.run_once()
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):

@@ -151,18 +151,21 @@ def prepare_seed(client: redis.Redis, now: dt.datetime | None = None) -> list:
     # in it.
     outer = connection.in_atomic_block
     with transaction.atomic():
-        if not outer:  # inside a caller's transaction, its isolation applies
+        # Inside a caller's transaction its isolation applies. SQLite (the single-machine
+        # default) reads one snapshot per transaction already, and has no such statement.
+        if not outer and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         totals = ledger_totals(day, month, day_start, month_start)
         streamed = [
             _request_id(fields) for _id, fields in client.xrange(contract.USAGE_STREAM, "-", "+")
         ]
-        known = list(
-            UsageRecord.objects.filter(request_id__in=[r for r in streamed if r]).values_list(
-                "request_id", flat=True
-            )
-        )
+        ids = [r for r in streamed if r]
+        known = []
+        for start in range(0, len(ids), 500):  # bounded statements (SQLite's variable cap)
+            known += UsageRecord.objects.filter(
+                request_id__in=ids[start : start + 500]
+            ).values_list("request_id", flat=True)
     args: list = [uuid.uuid4().hex, day, month, len(totals)]
     for key, tokens in totals.items():
         args += [key, tokens]
