@@ -1,10 +1,10 @@
 from django.urls import path
 
-from controlplane.console import views
+from controlplane.console import operations, people, platform, resources, views
 
 app_name = "console"
 
-ORG = "o/<str:org_slug>/"
+ORG = views.ORG
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -15,4 +15,9 @@ urlpatterns = [
     path(ORG + "keys/", views.keys, name="keys"),
     path(ORG + "keys/new/", views.key_create, name="key-create"),
     path(ORG + "keys/<str:key_id>/revoke/", views.key_revoke, name="key-revoke"),
+    # Each page module lists its own routes.
+    *people.urlpatterns,
+    *resources.urlpatterns,
+    *operations.urlpatterns,
+    *platform.urlpatterns,
 ]

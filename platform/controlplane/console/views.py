@@ -32,6 +32,8 @@ from controlplane.tenancy.models import ApiKey, Organization, Team
 from gateway.contract import SCOPES
 
 KEYS_PER_PAGE = 50
+#: The URL prefix of an organization's pages (``org_slug`` for ``org_page``).
+ORG = "o/<str:org_slug>/"
 log = logging.getLogger(__name__)
 
 
@@ -132,13 +134,30 @@ def org_page(action: str):
     return decorate
 
 
+TEMPLATE_ACTIONS = (
+    "organization.change",
+    "organization.delete",
+    "team.change",
+    "member.view",
+    "member.change",
+    "apikey.create",
+    "apikey.manage",
+    "model_access.change",
+    "policy.change",
+    "limits.view",
+    "limits.change",
+    "usage.view",
+    "audit.view",
+    "deployment.change",
+)
+
+
 def _context(request, **extra) -> dict:
     actor = request.actor
     organization = request.organization
-    can = {
-        name.replace(".", "_"): actor.can(name, organization.pk)
-        for name in ("usage.view", "apikey.create", "apikey.manage", "organization.change")
-    }
+    # ``can.<action with _ for .>`` in templates: pages show write controls only to
+    # callers whose role allows them (the views check again on POST).
+    can = {name.replace(".", "_"): actor.can(name, organization.pk) for name in TEMPLATE_ACTIONS}
     return {
         "organization": organization,
         "organizations": _organizations(actor),

@@ -1,0 +1,5 @@
+"""Console pages: models/, deployments/ and limits/ of an organization."""
+
+from __future__ import annotations
+
+urlpatterns: list = []
