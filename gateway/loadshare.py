@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from gateway import contract
+from gateway.errors import describe
 from gateway.routing import Router
 
 log = logging.getLogger("gateway.loadshare")
@@ -74,7 +75,7 @@ class LoadShare:
             except Exception as exc:  # Redis away: keep routing on what is known
                 if time.monotonic() - self._last_ok > self.ttl_ms / 1000:
                     self.router.remote_outstanding = {}
-                log.debug("load sharing failed: %r", exc)
+                log.debug("load sharing failed: %s", describe(exc))
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:

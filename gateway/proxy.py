@@ -23,7 +23,7 @@ import orjson
 
 from gateway import contract
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, error_payload
+from gateway.errors import GatewayError, describe, error_payload
 from gateway.metrics import Metrics
 from gateway.policy import Plan
 from gateway.routing import Router
@@ -171,7 +171,9 @@ class Proxy:
         def done(task: asyncio.Task[Any]) -> None:
             self._tasks.discard(task)
             if not task.cancelled() and task.exception() is not None:
-                log.warning("request %s: background work failed: %r", request_id, task.exception())
+                log.warning(
+                    "request %s: background work failed: %s", request_id, describe(task.exception())
+                )
 
         task = asyncio.ensure_future(work)
         self._tasks.add(task)

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from gateway import contract
+from gateway.errors import describe
 
 log = logging.getLogger("gateway.snapshot")
 
@@ -180,7 +181,7 @@ class SnapshotWatcher:
             try:
                 raw = await self.redis.get(contract.SNAPSHOT_KEY)
             except Exception as exc:
-                self._note_error(f"cannot read snapshot: {exc!r}")
+                self._note_error(f"cannot read snapshot: {describe(exc)}")
                 raise
             if raw is None:
                 if not self.holder.loaded:
@@ -222,7 +223,7 @@ class SnapshotWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._note_error(f"snapshot poll failed: {exc!r}")
+                self._note_error(f"snapshot poll failed: {describe(exc)}")
 
     async def _listen(self) -> None:
         while not self._stopping:
@@ -245,7 +246,7 @@ class SnapshotWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._note_error(f"snapshot subscription lost: {exc!r}")
+                self._note_error(f"snapshot subscription lost: {describe(exc)}")
                 await asyncio.sleep(min(1.0, self.poll_interval))
             finally:
                 with contextlib.suppress(Exception):

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from gateway import contract
+from gateway.errors import describe
 from gateway.limits import Limiter, Reservation
 from gateway.metrics import Metrics
 
@@ -182,7 +183,7 @@ class UsageRecorder:
             await self.limiter.run_settle(args)
         except Exception as exc:
             self.metrics.redis_errors.labels("settle").inc()
-            self._journal(args, event["request_id"], repr(exc))
+            self._journal(args, event["request_id"], describe(exc))
 
     def _journal(self, args: list[Any], request_id: str, why: str) -> None:
         log.warning("settle of %s journaled (%s)", request_id, why)
@@ -222,4 +223,4 @@ class UsageRecorder:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("settle journal replay failed (will retry): %r", exc)
+                log.warning("settle journal replay failed (will retry): %s", describe(exc))

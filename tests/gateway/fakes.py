@@ -49,7 +49,8 @@ class ServerThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve())
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self.server.serve())
 
     @property
     def url(self) -> str:
@@ -70,6 +71,19 @@ class ServerThread:
         if self.thread.is_alive():  # a request the test left hanging on purpose
             self.server.force_exit = True
             self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            # Still serving (a connection that never closes keeps uvicorn waiting):
+            # cancel everything on its loop. A server left running would keep its
+            # background tasks going into later tests (a gateway's in-flight counts
+            # shared through Redis, its snapshot polling).
+            def cancel_all() -> None:
+                for task in asyncio.all_tasks(self.loop):
+                    task.cancel()
+
+            self.loop.call_soon_threadsafe(cancel_all)
+            self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            raise RuntimeError(f"server on port {self.port} did not stop")
 
 
 # --------------------------------------------------------------------------- fake upstream
