@@ -325,6 +325,14 @@ def test_change_role_and_remove_go_through_the_services(world):
     assert audit_actions()[-2:] == ["apikey.revoke", "member.remove"]
 
 
+def test_an_admin_who_leaves_goes_home(world, dual):
+    client = signed_in(dual)
+    dora = Membership.objects.get(user=dual, organization=world.org_a)
+    response = client.post(url("member-remove", membership_id=dora.pk))
+    assert response.status_code == 302 and response["Location"] == reverse("console:home")
+    assert client.get(url("members")).status_code == 404
+
+
 def test_only_owners_grant_or_remove_owner(world, dual):
     """dora is an admin of org A: the service refuses her owner changes; the page says so."""
     client = signed_in(dual)
@@ -372,15 +380,16 @@ def test_the_last_owner_stays(world):
     assert state() == before
 
 
-def test_members_of_another_organization_are_not_found(world):
+@pytest.mark.parametrize("caller", ["alice", "root"])
+def test_members_of_another_organization_are_not_found(world, caller):
+    """Even a platform administrator, who sees both, acts on org B's members only
+    through org B's pages."""
     oscar = Membership.objects.get(user=world.oscar, organization=world.org_b)
-    client = signed_in(world.alice)
+    client = signed_in(getattr(world, caller))
     before = state()
     assert client.post(url("member-remove", membership_id=oscar.pk)).status_code == 404
-    assert (
-        client.post(url("member-role", membership_id=oscar.pk), {"role": "viewer"}).status_code
-        == 404
-    )
+    role = client.post(url("member-role", membership_id=oscar.pk), {"role": "viewer"})
+    assert role.status_code == 404
     assert state() == before
 
 
@@ -452,9 +461,10 @@ def test_only_members_of_the_organization_join_its_teams(world):
     assert state() == before
 
 
-def test_teams_of_another_organization_are_not_found(world):
+@pytest.mark.parametrize("caller", ["alice", "root"])
+def test_teams_of_another_organization_are_not_found(world, caller):
     other = create_team(actor=SYSTEM, organization=world.org_b, slug="b-team", name="B")
-    client = signed_in(world.alice)
+    client = signed_in(getattr(world, caller))
     before = state()
     assert client.get(url("team", team_id=other.pk)).status_code == 404
     assert client.post(url("team-delete", team_id=other.pk)).status_code == 404
@@ -481,6 +491,7 @@ def test_an_admin_creates_keys_for_a_member_a_team_or_a_service(world, dual):
         expires_at=LATER,
     )
     assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    assert re.search(rb"<dt>Acts for</dt><dd>bob</dd>", response.content)
     key = ApiKey.objects.get(name="for bob")
     assert key.user == world.bob and key.team == team and key.allowed_models == ["tiny-chat"]
     assert key.expires_at.strftime("%Y-%m-%dT%H:%M") == LATER
@@ -557,6 +568,19 @@ def test_an_admin_edits_a_keys_models_and_expiry(world):
     assert key.allowed_models == [] and key.expires_at is None
 
 
+def test_an_expired_keys_models_change_without_touching_its_expiry(world):
+    key = key_for(world, world.bob, "old", expires_at=timezone.now() + dt.timedelta(days=1))
+    past = timezone.now() - dt.timedelta(days=1)
+    ApiKey.objects.filter(pk=key.pk).update(expires_at=past)  # time passed
+    client = signed_in(world.alice)
+    form = client.get(url("key-edit", key_id=key.pk)).content.decode()
+    shown = re.search(r'name="expires_at" type="datetime-local" value="([^"]*)"', form).group(1)
+    data = {"allowed_models": ["tiny-chat"], "expires_at": shown}
+    assert client.post(url("key-update", key_id=key.pk), data).status_code == 302
+    key.refresh_from_db()
+    assert key.allowed_models == ["tiny-chat"] and key.expires_at == past
+
+
 def test_key_edit_refusals_are_shown_and_change_nothing(world, dual):
     owners = key_for(world, world.alice, "alice's", allowed_models=["tiny-chat"])
     bobs = key_for(world, world.bob, "bob's")
@@ -628,3 +652,17 @@ def test_my_pages_carry_no_inline_script_or_style(world):
             assert b"src=" in tag or b'type="application/json"' in tag, (address, tag)
         assert b" style=" not in response.content and b" onclick=" not in response.content
         assert response.content.count(b"<h1") == 1
+
+
+def test_a_key_never_changes_its_users_password(world):
+    from controlplane.tenancy.actors import Actor
+    from controlplane.tenancy.services import change_own_password
+    from django.core.exceptions import PermissionDenied
+
+    key = key_for(world, world.bob, "bob's")
+    before = state()
+    with pytest.raises(PermissionDenied):
+        change_own_password(
+            actor=Actor.for_key(key), old_password="pw-bob", new_password=NEW_PASSWORD
+        )
+    assert state() == before
