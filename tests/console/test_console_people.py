@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.conftest import SYSTEM
+from tests.controlplane.test_usage_rollup import r  # noqa: F401 (a clean Redis)
 
 pytestmark = pytest.mark.django_db
 
@@ -237,7 +238,7 @@ def test_change_password_keeps_this_session_and_ends_the_others(world):
         ),
     ],
 )
-def test_change_password_refusals_change_nothing(world, data, field, text):
+def test_change_password_refusals_change_nothing(world, r, data, field, text):  # noqa: F811
     data = {"new_password2": data["new_password1"]} | data
     client = signed_in(world.bob)
     before = state()
@@ -246,6 +247,20 @@ def test_change_password_refusals_change_nothing(world, data, field, text):
     body = response.content.decode()
     assert f'aria-describedby="{field}"' in body and f'id="{field}"' in body and text in body
     assert state() == before
+
+
+def test_guessing_the_current_password_is_throttled(world, r):  # noqa: F811
+    client = signed_in(world.bob)
+    wrong = {"old_password": "guess", "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}
+    for _ in range(5):
+        assert client.post(url("me-password"), wrong).status_code == 400
+    before = state()
+    right = wrong | {"old_password": "pw-bob"}
+    response = client.post(url("me-password"), right)
+    assert response.status_code == 429 and b"Too many wrong passwords" in response.content
+    assert state() == before
+    r.flushdb()  # the window passed
+    assert client.post(url("me-password"), right).status_code == 302
 
 
 # --------------------------------------------------------------------------- members/

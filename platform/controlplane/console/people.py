@@ -7,7 +7,9 @@ Every write calls a ``tenancy.services`` function with the signed-in actor; a re
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
+import redis
 from django.contrib import messages
 from django.contrib.auth import get_user_model, update_session_auth_hash
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -23,6 +25,8 @@ from django.views.decorators.http import require_GET, require_POST
 from controlplane.catalog.services import usable_model_aliases
 from controlplane.console.views import (
     ORG,
+    SIGNIN_FAILURES_ALLOWED,
+    SIGNIN_WINDOW_SECONDS,
     _actor,
     _context,
     _organizations,
@@ -33,12 +37,14 @@ from controlplane.console.views import (
     service_errors,
     signed_in,
 )
+from controlplane.redis import get_redis
 from controlplane.tenancy import services
 from controlplane.tenancy.models import ApiKey, Membership, Team, TeamMembership
 from controlplane.tenancy.roles import Role
 
 PER_PAGE = 50
 User = get_user_model()
+log = logging.getLogger(__name__)
 
 
 def _refused(exc) -> tuple[dict[str, str], int]:
@@ -74,9 +80,35 @@ def me(request):
     return _me_page(request)
 
 
+def _password_failures_key(user) -> str:
+    return f"console:password-failures:{user.pk}"
+
+
+def _password_failures(user) -> int:
+    try:
+        return int(get_redis().get(_password_failures_key(user)) or 0)
+    except redis.RedisError as exc:
+        log.warning("password-change throttle unavailable: %s", exc)
+        return 0
+
+
+def _count_password_failure(user) -> None:
+    try:
+        pipe = get_redis().pipeline()
+        pipe.incr(_password_failures_key(user))
+        pipe.expire(_password_failures_key(user), SIGNIN_WINDOW_SECONDS, nx=True)
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("password-change throttle unavailable: %s", exc)
+
+
 @require_POST
 @signed_in
 def me_password(request):
+    # Guessing the current password through a borrowed session is throttled like sign-in.
+    if _password_failures(request.user) >= SIGNIN_FAILURES_ALLOWED:
+        why = "Too many wrong passwords; try again in 15 minutes."
+        return _me_page(request, errors={"old_password": why}, status=429)
     new, again = request.POST.get("new_password1", ""), request.POST.get("new_password2", "")
     if not new or new != again:
         why = "Enter the new password twice, the same both times."
@@ -89,6 +121,8 @@ def me_password(request):
         )
     except (ValidationError, PermissionDenied) as exc:
         errors, status = _refused(exc)
+        if "old_password" in errors:
+            _count_password_failure(request.user)
         return _me_page(request, errors=errors, status=status)
     # This session stays signed in; every other session of the user ends.
     update_session_auth_hash(request, request.user)
