@@ -681,3 +681,21 @@ def test_a_key_never_changes_its_users_password(world):
             actor=Actor.for_key(key), old_password="pw-bob", new_password=NEW_PASSWORD
         )
     assert state() == before
+
+
+def test_team_pages_and_me_are_bounded(world, django_assert_max_num_queries):
+    core = core_team(world)
+    add_team_member(actor=SYSTEM, team=core, user=world.bob)
+    for i in range(60):
+        create_team(actor=SYSTEM, organization=world.org_a, slug=f"t-{i:02d}", name=f"T {i:02d}")
+        key_for(world, world.bob, f"bob-{i:02d}", team=core)
+    client = signed_in(world.bob)
+    with django_assert_max_num_queries(12):
+        teams = client.get(url("teams")).content.decode()
+    assert teams.count('<th scope="row">') == 50 and "Page 1 of 2" in teams
+    with django_assert_max_num_queries(12):
+        team = client.get(url("team", team_id=core.pk)).content.decode()
+    assert "60 active keys charged" in team and team.count('<th scope="row">') == 2
+    with django_assert_max_num_queries(12):
+        me = client.get(url("me")).content.decode()
+    assert me.count('<th scope="row">bob-') == 50 and me.count(">Revoke</button>") == 50
