@@ -472,6 +472,7 @@ def key_create(request):
     try:
         expires_at = parse_expiry(request.POST.get("expires_at", ""))
     except ValueError:
+        expires_at = None
         errors["expires_at"] = "Use a date and time such as 2030-12-31T23:59 (UTC)."
     other, user = _key_holder(request, errors)
     if other and not actor.can("apikey.manage", organization.pk):
