@@ -11,6 +11,7 @@ import hashlib
 import logging
 
 import redis
+from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -22,13 +23,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.catalog.models import OrganizationModelAccess
+from controlplane.catalog.services import usable_model_aliases
 from controlplane.fleet.models import Deployment
 from controlplane.quotas import summary
 from controlplane.quotas.api.serializers import UsageSummaryQuerySerializer
 from controlplane.redis import get_redis
 from controlplane.tenancy import services as tenancy_services
 from controlplane.tenancy.actors import Actor
-from controlplane.tenancy.models import ApiKey, Organization, Team
+from controlplane.tenancy.models import ApiKey, Membership, Organization, Team
 from gateway.contract import SCOPES
 
 KEYS_PER_PAGE = 50
@@ -353,7 +355,17 @@ def _keys(request):
 def _key_form_context(request, **extra):
     organization, actor = request.organization, request.actor
     teams = Team.objects.restrict(actor, "team.view").filter(organization=organization)
-    return {"teams": teams.order_by("name"), "scopes": SCOPES, **extra}
+    manages = actor.can("apikey.manage", organization.pk)
+    if not manages:
+        # Members make keys in their own teams only (the service refuses the others).
+        teams = teams.filter(memberships__user=request.user)
+    return {
+        "teams": teams.order_by("name"),
+        "scopes": SCOPES,
+        "models": sorted(usable_model_aliases(organization)),
+        "holder_kinds": KEY_HOLDER_KINDS if manages else (),
+        **extra,
+    }
 
 
 @require_GET
@@ -376,6 +388,65 @@ def keys(request):
     )
 
 
+#: Whom an administrator's new key acts for: themselves, another member, or no one.
+KEY_HOLDER_KINDS = (("self", "myself"), ("member", "another member"), ("service", "a service"))
+
+
+def service_errors(exc: ValidationError | PermissionDenied) -> dict[str, str]:
+    """A service's refusal as ``{field: message}`` for a form (``form``: no field)."""
+    if isinstance(exc, PermissionDenied):
+        message = (str(exc) or "your role does not allow this").rstrip(".")
+        return {"form": message[:1].upper() + message[1:] + "."}
+    mapping = getattr(exc, "message_dict", None) or {"__all__": exc.messages}
+    return {("form" if field == "__all__" else field): " ".join(m) for field, m in mapping.items()}
+
+
+def parse_expiry(value: str) -> dt.datetime | None:
+    """A ``datetime-local`` value read as UTC; raises ValueError on anything else."""
+    value = value.strip()
+    if not value:
+        return None
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment
+
+
+def find_user(users, name: str):
+    """The one user of ``users`` (a User queryset) called ``name`` or whose email it is:
+    (user, None) or (None, why not). An email two people share names no one."""
+    name = name.strip()[:254]
+    if not name:
+        return None, "Give a user name or email."
+    found = list(users.filter(username=name)[:1]) or list(users.filter(email__iexact=name)[:2])
+    if len(found) != 1:
+        why = "Several people share this email; use the user name." if found else None
+        return None, why or f"No user is called {name!r}."
+    return found[0], None
+
+
+def _key_holder(request, errors: dict) -> tuple[bool, object]:
+    """(asked for someone else, the user the key acts for or None for a service key)."""
+    organization = request.organization
+    kind = request.POST.get("holder_kind", "self")
+    if kind == "service":
+        return True, None
+    if kind == "member":
+        members = Membership.objects.restrict(request.actor, "member.view").filter(
+            organization=organization
+        )
+        user, why = find_user(
+            get_user_model().objects.filter(pk__in=members.values("user_id")),
+            request.POST.get("holder", ""),
+        )
+        if user is None:
+            errors["holder"] = f"{why} Name a member of this organization."
+        return True, user
+    # The signed-in user's own key; a platform administrator who is no member of the
+    # organization makes a service key.
+    return False, request.user if organization.pk in request.actor.roles else None
+
+
 @require_POST
 @org_page("apikey.create")
 def key_create(request):
@@ -384,6 +455,7 @@ def key_create(request):
     scopes = request.POST.getlist("scopes")
     team_id = request.POST.get("team") or None
     errors: dict[str, str] = {}
+    status = 400
     team = None
     if not name:
         errors["name"] = "Give the key a name."
@@ -397,6 +469,16 @@ def key_create(request):
         )
         if team is None:
             errors["team"] = "Not a team of this organization."
+    try:
+        expires_at = parse_expiry(request.POST.get("expires_at", ""))
+    except ValueError:
+        expires_at = None
+        errors["expires_at"] = "Use a date and time such as 2030-12-31T23:59 (UTC)."
+    other, user = _key_holder(request, errors)
+    if other and not actor.can("apikey.manage", organization.pk):
+        # The service would quietly make a service key the member's own; say no instead.
+        errors = {"form": "Members may only create keys for themselves."}
+        status = 403
     if not errors:
         try:
             key, secret = tenancy_services.create_api_key(
@@ -405,17 +487,15 @@ def key_create(request):
                 name=name,
                 scopes=scopes,
                 team=team,
-                # The signed-in user's own key; a platform administrator who is no
-                # member of the organization makes a service key.
-                user=request.user if organization.pk in actor.roles else None,
+                user=user,
+                allowed_models=request.POST.getlist("allowed_models"),
+                expires_at=expires_at,
             )
-        except ValidationError as exc:
-            errors = {
-                ("form" if field == "__all__" else field): " ".join(messages)
-                for field, messages in getattr(
-                    exc, "message_dict", {"__all__": exc.messages}
-                ).items()
-            }
+        except (ValidationError, PermissionDenied) as exc:
+            errors = service_errors(exc)
+            status = 403 if isinstance(exc, PermissionDenied) else 400
+            if "user" in errors:  # the service's name for the holder field
+                errors["holder"] = errors.pop("user")
         else:
             response = render(
                 request, "console/key_created.html", _context(request, key=key, secret=secret)
@@ -437,9 +517,11 @@ def key_create(request):
             now=timezone.now(),
             errors=errors,
             form=request.POST,
+            chosen_models=request.POST.getlist("allowed_models"),
+            expires_value=request.POST.get("expires_at", "")[:30],
             **_key_form_context(request),
         ),
-        status=400,
+        status=status,
     )
 
 

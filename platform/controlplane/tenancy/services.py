@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -608,6 +608,31 @@ def set_user_password(*, actor: Actor, user, password: str | None) -> None:
         target_type="user",
         target_repr=user.get_username(),
         changes={"password": [None, "set" if password else "disabled"]},
+    )
+
+
+@transaction.atomic
+def change_own_password(*, actor: Actor, old_password: str, new_password: str) -> None:
+    """A signed-in user changes their own password: the current one proves it is them
+    and the new one passes ``AUTH_PASSWORD_VALIDATORS``. A key never changes a password."""
+    user = actor.user
+    if user is None or actor.api_key is not None or not user.is_active:
+        raise PermissionDenied("only a signed-in user may change their own password")
+    if not user.check_password(old_password):
+        raise ValidationError({"old_password": "This is not your current password."})
+    try:
+        password_validation.validate_password(new_password, user)
+    except ValidationError as exc:
+        raise ValidationError({"new_password": exc.messages}) from exc
+    user.set_password(new_password)
+    user.save(update_fields=["password"])
+    record_event(
+        actor=actor,
+        action="user.change_password",
+        target=user,
+        target_type="user",
+        target_repr=user.get_username(),
+        changes={"password": [None, "changed by its user"]},
     )
 
 
