@@ -608,3 +608,26 @@ def test_write_routes_refuse_get(fleet):
     for name, (method, _) in ROLE_TABLE.items():
         if method == "POST":
             assert client.get(url_for(name, fleet)).status_code == 405, name
+
+
+def test_pages_use_a_bounded_number_of_queries(fleet, r, django_assert_max_num_queries):  # noqa: F811
+    node = create_node(actor=SYSTEM, name="gpu-node-2", pool=fleet.pool)
+    for i in range(40):
+        Replica.objects.create(
+            deployment=fleet.deployment,
+            node=node,
+            port=9000 + i,
+            state="ready",
+            spec_hash=fleet.deployment.spec_hash,
+        )
+    for i in range(15):
+        team = create_team(actor=SYSTEM, organization=fleet.org_a, slug=f"t{i}", name=f"T{i}")
+        create_limit_policy(actor=SYSTEM, organization=fleet.org_a, team=team, rpm=i + 1)
+        key, _ = create_api_key(
+            actor=SYSTEM, organization=fleet.org_a, name=f"k{i}", scopes=["inference"]
+        )
+        create_limit_policy(actor=SYSTEM, organization=fleet.org_a, api_key=key, rpm=i + 1)
+    client = client_for(fleet.alice)
+    for name in ("models", "deployments", "deployment", "deployment-replicas", "limits"):
+        with django_assert_max_num_queries(12):  # independent of the number of rows
+            assert client.get(url_for(name, fleet)).status_code == 200, name
