@@ -35,3 +35,17 @@ document.addEventListener("DOMContentLoaded", function () {
     new uPlot(options, [data.x, data.requests, data.tokens, data.errors], area);
   });
 });
+// Polling fragments (data-poll, hx-trigger="every 5s, console:visible from:document")
+// skip their requests while the tab is hidden and refresh at once when it shows again.
+// A plain listener, not an htmx eval filter: the CSP and allowEval:false forbid those.
+document.addEventListener("visibilitychange", function () {
+  if (document.visibilityState === "visible") {
+    document.dispatchEvent(new CustomEvent("console:visible"));
+  }
+});
+document.addEventListener("htmx:beforeRequest", function (event) {
+  var elt = event.detail && event.detail.elt;
+  if (document.visibilityState === "hidden" && elt && elt.hasAttribute("data-poll")) {
+    event.preventDefault();
+  }
+});

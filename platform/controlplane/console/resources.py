@@ -1,5 +1,0 @@
-"""Console pages: models/, deployments/ and limits/ of an organization."""
-
-from __future__ import annotations
-
-urlpatterns: list = []
