@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.catalog.models import OrganizationModelAccess
+from controlplane.console import playground
 from controlplane.fleet.models import Deployment
 from controlplane.quotas import summary
 from controlplane.quotas.api.serializers import UsageSummaryQuerySerializer
@@ -88,9 +89,14 @@ class SignInView(auth_views.LoginView):
 
 
 class SignOutView(auth_views.LogoutView):
-    """POST only (Django's LogoutView refuses GET)."""
+    """POST only (Django's LogoutView refuses GET). Revokes the session's playground
+    keys first: they must not outlive the session that holds their secrets."""
 
     next_page = "console:signin"
+
+    def post(self, request, *args, **kwargs):
+        playground.revoke_session_keys(request)
+        return super().post(request, *args, **kwargs)
 
 
 def _actor(request) -> Actor:

@@ -17,6 +17,39 @@ document.addEventListener("DOMContentLoaded", function () {
       dialog.showModal();
     });
   });
+  // The playground: POST the form with fetch and append the answer's text as it streams in.
+  document.querySelectorAll("form[data-stream-to]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (typeof ReadableStream === "undefined") return;
+      event.preventDefault();
+      var out = document.getElementById(form.dataset.streamTo);
+      var status = document.getElementById("playground-status");
+      var button = form.querySelector("button[type=submit]");
+      out.textContent = "";
+      status.textContent = "Waiting for the answer…";
+      button.disabled = true;
+      fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+        .then(function (response) {
+          var reader = response.body.getReader();
+          var decoder = new TextDecoder();
+          if (response.ok) status.textContent = "Answering…";
+          function pump() {
+            return reader.read().then(function (chunk) {
+              if (chunk.done) {
+                out.textContent += decoder.decode();
+                status.textContent = response.ok ? "Done." : "Refused (" + response.status + ").";
+                return;
+              }
+              out.textContent += decoder.decode(chunk.value, { stream: true });
+              return pump();
+            });
+          }
+          return pump();
+        })
+        .catch(function () { status.textContent = "The connection broke."; })
+        .finally(function () { button.disabled = false; });
+    });
+  });
   document.querySelectorAll("[data-chart]").forEach(function (area) {
     var source = document.getElementById(area.dataset.chart);
     if (!source || typeof uPlot === "undefined") return;
@@ -35,3 +68,4 @@ document.addEventListener("DOMContentLoaded", function () {
     new uPlot(options, [data.x, data.requests, data.tokens, data.errors], area);
   });
 });
+
