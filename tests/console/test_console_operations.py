@@ -1,5 +1,6 @@
-"""The console's audit log (filters, diff, streamed exports) and the playground (its
-one-hour key and the relay of the gateway's stream)."""
+"""The console's audit log (filters, diff, streamed exports), the playground (its
+one-hour key and the relay of the gateway's stream) and the overview's per-model,
+latency and monthly-budget figures."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from controlplane.audit.models import AuditEvent
 from controlplane.console import playground
+from controlplane.quotas.models import LimitPolicy
 from controlplane.tenancy.models import ApiKey
-from controlplane.tenancy.services import create_api_key
+from controlplane.tenancy.services import create_api_key, create_team
 from django.conf import settings
 from django.test import AsyncClient, Client
 from django.urls import reverse
@@ -406,3 +408,80 @@ def test_playground_viewer_sees_no_form(world):
     assert b'name="prompt"' in body and b'data-stream-to="playground-answer"' in body
     for tag in re.findall(rb"<script[^>]*>", body):
         assert b"src=" in tag or b'type="application/json"' in tag, tag
+
+
+# --------------------------------------------------------------------------- overview
+def seed_now(world, r, events):  # noqa: F811
+    from controlplane.quotas.ledger import LedgerConsumer
+
+    from tests.controlplane.test_ledger import event, push
+
+    push(r, [event(request_id, str(world.org_a.pk), **extra) for request_id, extra in events])
+    consumer = LedgerConsumer(r, name="ops")
+    while consumer.run_once(block=False).read:
+        pass
+
+
+def chart_data(body: bytes, chart_id: str) -> dict:
+    found = re.search(
+        rb'<script id="' + chart_id.encode() + rb'" type="application/json">(.*?)</script>', body
+    )
+    assert found, chart_id
+    return json.loads(found.group(1))
+
+
+def test_overview_charts_by_model_latency_and_budgets(world, r, django_assert_max_num_queries):  # noqa: F811
+    team = create_team(actor=SYSTEM, organization=world.org_a, slug="research", name="Research <b>")
+    LimitPolicy.objects.create(organization=world.org_a, monthly_tokens=1000)
+    LimitPolicy.objects.create(organization=world.org_a, team=team, monthly_tokens=100)
+    now = time.time()
+    seed_now(
+        world,
+        r,
+        [
+            ("a1", {"ts": now, "model": "tiny-chat", "prompt_tokens": 10, "completion_tokens": 20}),
+            ("a2", {"ts": now, "model": "tiny-chat", "status": 500, "latency_ms": 900.0}),
+            ("a3", {"ts": now, "model": "embed", "team": str(team.pk), "prompt_tokens": 85,
+                    "completion_tokens": 0}),
+        ],
+    )  # fmt: skip
+    client = Client()
+    client.force_login(world.bob)
+    with django_assert_max_num_queries(20):
+        body = client.get(org_url("overview")).content
+    requests = chart_data(body, "requests-by-model")
+    by_label = {s["label"]: s["values"] for s in requests["series"]}
+    assert by_label == {"tiny-chat": [2], "embed": [1]}
+    tokens = {s["label"]: s["values"] for s in chart_data(body, "tokens-by-model")["series"]}
+    assert tokens == {"tiny-chat": [30 + 42], "embed": [85]}
+    errors = {s["label"]: s["values"] for s in chart_data(body, "errors-by-model")["series"]}
+    assert errors == {"tiny-chat": [1], "embed": [0]}
+    latency = chart_data(body, "latency-chart")
+    assert len(latency["x"]) == 1
+    assert [s["label"] for s in latency["series"]][:2] == ["Latency p50 (ms)", "Latency p95 (ms)"]
+    assert latency["series"][1]["values"] == [1000.0]  # the 900 ms request's bucket bound
+    # Every chart has a caption and a data table.
+    for chart_id in ("requests-by-model", "tokens-by-model", "errors-by-model", "latency-chart"):
+        assert f'id="{chart_id}-caption"'.encode() in body
+    assert b"<caption>Requests per UTC day and model</caption>" in body
+    assert b"<caption>Per UTC hour, last 24 hours</caption>" in body
+    # This month's tokens against the monthly limits, state in words; names escaped.
+    text = re.sub(rb">\s+<", b"><", body)
+    assert b'<th scope="row">Org A</th><td>organization</td><td>157</td><td>1000</td>' in text
+    assert b"16 %" in text and b"within limit" in text
+    assert b"Research &lt;b&gt;</th><td>team</td><td>85</td><td>100</td>" in text
+    assert b"over 80 %" in text
+    assert b"Research <b>" not in body
+    client.force_login(world.victor)  # viewers: deployments and models only
+    body = client.get(org_url("overview")).content
+    assert b"requests-by-model" not in body and b"This month" not in body
+
+
+def test_overview_lumps_models_beyond_the_busiest_eight(world, r):  # noqa: F811
+    seed_now(world, r, [(f"m{i}", {"ts": time.time(), "model": f"model-{i}"}) for i in range(10)])
+    client = Client()
+    client.force_login(world.bob)
+    body = client.get(org_url("overview")).content
+    series = chart_data(body, "requests-by-model")["series"]
+    assert len(series) == 9 and series[-1] == {"label": "other models", "values": [2]}
+    assert sum(s["values"][0] for s in series) == 10

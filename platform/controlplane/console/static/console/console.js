@@ -69,3 +69,38 @@ document.addEventListener("DOMContentLoaded", function () {
   });
 });
 
+// Charts of named series ({x, series: [{label, values}]}); data-stacked draws each
+// series on top of the ones before it (uPlot has no stacking of its own).
+document.addEventListener("DOMContentLoaded", function () {
+  var colours = ["#0b5cad", "#6b3fa0", "#a40e26", "#1a7f37", "#9a6700", "#0e7490", "#be185d", "#4b5563", "#111827"];
+  document.querySelectorAll("[data-series-chart]").forEach(function (area) {
+    var source = document.getElementById(area.dataset.seriesChart);
+    if (!source || typeof uPlot === "undefined") return;
+    var data = JSON.parse(source.textContent);
+    var stacked = area.dataset.stacked === "true";
+    var running = data.x.map(function () { return 0; });
+    var columns = [data.x];
+    var series = [{}];
+    data.series.forEach(function (s, i) {
+      var values = s.values;
+      if (stacked) {
+        running = running.map(function (sum, j) { return sum + (values[j] || 0); });
+        values = running.slice();
+      }
+      columns.push(values);
+      var colour = colours[i % colours.length];
+      series.push({ label: s.label, stroke: colour, fill: stacked ? colour + "55" : undefined, spanGaps: true });
+    });
+    if (stacked) {
+      // Drawn top first, so each band's fill covers only its own part.
+      columns = [columns[0]].concat(columns.slice(1).reverse());
+      series = [series[0]].concat(series.slice(1).reverse());
+    }
+    new uPlot({
+      width: Math.max(320, area.clientWidth || 800),
+      height: 260,
+      series: series,
+      axes: [{}, { label: area.dataset.title || "" }],
+    }, columns, area);
+  });
+});
