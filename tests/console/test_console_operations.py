@@ -164,6 +164,10 @@ def test_audit_event_shows_its_diff_escaped(world):
     assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in body
     # The diff table: field, before, after as the event stores them.
     assert re.search(rb'<th scope="row">name</th><td><code>\(none\)</code></td>', body)
+    assert (
+        b'<th scope="row">scopes</th><td><code>(none)</code></td><td><code>[&quot;inference&quot;]'
+        in body
+    )
     list_body = client.get(org_url("audit")).content
     assert b"<script>alert(1)" not in list_body
 

@@ -80,6 +80,15 @@ def audit(request):
     )
 
 
+def _shown(value) -> str:
+    """A recorded value as people read it: text as is, the rest as JSON."""
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, cls=DjangoJSONEncoder)
+
+
 @require_GET
 @org_page("audit.view")
 def audit_event(request, seq):
@@ -87,7 +96,14 @@ def audit_event(request, seq):
     if event is None:
         raise Http404("No such event in this organization.")
     changes = event.changes
-    diff = sorted(changes.items()) if _is_diff(changes) else None
+    diff = (
+        [
+            (field, _shown(before), _shown(after))
+            for field, (before, after) in sorted(changes.items())
+        ]
+        if _is_diff(changes)
+        else None
+    )
     raw = json.dumps(changes, indent=2, sort_keys=True, cls=DjangoJSONEncoder)
     return render(
         request,

@@ -77,6 +77,7 @@ document.addEventListener("DOMContentLoaded", function () {
     var source = document.getElementById(area.dataset.seriesChart);
     if (!source || typeof uPlot === "undefined") return;
     var data = JSON.parse(source.textContent);
+    if (!data.x.length) return; // the table says there is nothing to draw
     var stacked = area.dataset.stacked === "true";
     var running = data.x.map(function () { return 0; });
     var columns = [data.x];
