@@ -338,7 +338,9 @@ def platform_services(*, host: str, port: int, gateway_port: int, control_plane_
             "control-plane",
             [python, "-m", "uvicorn", "controlplane.asgi:application", "--host", host,
              "--port", str(port), "--lifespan", "off", "--no-access-log"],
-            env=env,
+            # The console's playground talks to the gateway this run starts.
+            env=env | {"CONSOLE_GATEWAY_URL": os.environ.get(
+                "CONSOLE_GATEWAY_URL", f"http://{host}:{gateway_port}/v1")},
             ready=http_ready(f"http://{host}:{port}/healthz"),
             detail=f"http://{host}:{port}/api/v1/",
         ),

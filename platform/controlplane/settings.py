@@ -168,6 +168,11 @@ SESSION_COOKIE_AGE = 8 * 3600  # console sessions last a working day
 LOGIN_URL = "console:signin"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# The gateway the console's playground sends chats to (OpenAI base URL, with /v1). The
+# default is the single-machine launcher's gateway (``local.py``: port 8080).
+CONSOLE_GATEWAY_URL = (env_str("CONSOLE_GATEWAY_URL") or "http://127.0.0.1:8080/v1").rstrip("/")
+if not CONSOLE_GATEWAY_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("CONSOLE_GATEWAY_URL must start with http:// or https://")
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 1_048_576, minimum=1024)

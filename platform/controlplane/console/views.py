@@ -24,6 +24,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.catalog.models import OrganizationModelAccess
 from controlplane.catalog.services import usable_model_aliases
+from controlplane.console import charts, playground
 from controlplane.fleet.models import Deployment
 from controlplane.quotas import summary
 from controlplane.quotas.api.serializers import UsageSummaryQuerySerializer
@@ -90,9 +91,14 @@ class SignInView(auth_views.LoginView):
 
 
 class SignOutView(auth_views.LogoutView):
-    """POST only (Django's LogoutView refuses GET)."""
+    """POST only (Django's LogoutView refuses GET). Revokes the session's playground
+    keys first: they must not outlive the session that holds their secrets."""
 
     next_page = "console:signin"
+
+    def post(self, request, *args, **kwargs):
+        playground.revoke_session_keys(request)
+        return super().post(request, *args, **kwargs)
 
 
 def _actor(request) -> Actor:
@@ -211,14 +217,37 @@ def overview(request):
         by_day = summary.summarize(rows, group_by="day", since=since, until=until)
         top = {
             group: sorted(
-                summary.summarize(rows, group_by=group, since=since, until=until)["results"],
+                summary.summarize(
+                    rows, group_by=group, since=since, until=until, with_totals=False
+                )["results"],
                 key=lambda r: -r["total_tokens"],
             )[:10]
             for group in ("model", "team", "key")
         }
         extra.update(days=days, by_day=by_day, chart=_chart(by_day["results"]), top=top)
         extra["names"] = _names(organization)
+        extra.update(
+            _overview_charts(
+                actor, organization, rows, since=since, until=until, names=extra["names"]
+            )
+        )
     return render(request, "console/overview.html", _context(request, **extra))
+
+
+def _overview_charts(actor, organization, rows, *, since, until, names) -> dict:
+    """Per-model daily charts, hourly latency and monthly budgets (``charts.py``)."""
+    by_model = charts.daily_by_model(rows, since=since, until=until)
+    latency, latency_chart = charts.hourly_latency(rows, until=until)
+    return {
+        "by_model": by_model,
+        "by_model_tables": {
+            metric: charts.series_table(by_model[metric], by_model["days"])
+            for metric in charts.METRICS
+        },
+        "latency": latency,
+        "latency_chart": latency_chart,
+        "budgets": charts.monthly_budgets(actor, organization, rows, until=until, names=names),
+    }
 
 
 def summary_now() -> dt.datetime:

@@ -17,6 +17,39 @@ document.addEventListener("DOMContentLoaded", function () {
       dialog.showModal();
     });
   });
+  // The playground: POST the form with fetch and append the answer's text as it streams in.
+  document.querySelectorAll("form[data-stream-to]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (typeof ReadableStream === "undefined") return;
+      event.preventDefault();
+      var out = document.getElementById(form.dataset.streamTo);
+      var status = document.getElementById("playground-status");
+      var button = form.querySelector("button[type=submit]");
+      out.textContent = "";
+      status.textContent = "Waiting for the answer…";
+      button.disabled = true;
+      fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+        .then(function (response) {
+          var reader = response.body.getReader();
+          var decoder = new TextDecoder();
+          if (response.ok) status.textContent = "Answering…";
+          function pump() {
+            return reader.read().then(function (chunk) {
+              if (chunk.done) {
+                out.textContent += decoder.decode();
+                status.textContent = response.ok ? "Done." : "Refused (" + response.status + ").";
+                return;
+              }
+              out.textContent += decoder.decode(chunk.value, { stream: true });
+              return pump();
+            });
+          }
+          return pump();
+        })
+        .catch(function () { status.textContent = "The connection broke."; })
+        .finally(function () { button.disabled = false; });
+    });
+  });
   document.querySelectorAll("[data-chart]").forEach(function (area) {
     var source = document.getElementById(area.dataset.chart);
     if (!source || typeof uPlot === "undefined") return;
@@ -48,4 +81,41 @@ document.addEventListener("htmx:beforeRequest", function (event) {
   if (document.visibilityState === "hidden" && elt && elt.hasAttribute("data-poll")) {
     event.preventDefault();
   }
+});
+
+// Charts of named series ({x, series: [{label, values}]}); data-stacked draws each
+// series on top of the ones before it (uPlot has no stacking of its own).
+document.addEventListener("DOMContentLoaded", function () {
+  var colours = ["#0b5cad", "#6b3fa0", "#a40e26", "#1a7f37", "#9a6700", "#0e7490", "#be185d", "#4b5563", "#111827"];
+  document.querySelectorAll("[data-series-chart]").forEach(function (area) {
+    var source = document.getElementById(area.dataset.seriesChart);
+    if (!source || typeof uPlot === "undefined") return;
+    var data = JSON.parse(source.textContent);
+    if (!data.x.length) return; // the table says there is nothing to draw
+    var stacked = area.dataset.stacked === "true";
+    var running = data.x.map(function () { return 0; });
+    var columns = [data.x];
+    var series = [{}];
+    data.series.forEach(function (s, i) {
+      var values = s.values;
+      if (stacked) {
+        running = running.map(function (sum, j) { return sum + (values[j] || 0); });
+        values = running.slice();
+      }
+      columns.push(values);
+      var colour = colours[i % colours.length];
+      series.push({ label: s.label, stroke: colour, fill: stacked ? colour + "55" : undefined, spanGaps: true });
+    });
+    if (stacked) {
+      // Drawn top first, so each band's fill covers only its own part.
+      columns = [columns[0]].concat(columns.slice(1).reverse());
+      series = [series[0]].concat(series.slice(1).reverse());
+    }
+    new uPlot({
+      width: Math.max(320, area.clientWidth || 800),
+      height: 260,
+      series: series,
+      axes: [{}, { label: area.dataset.title || "" }],
+    }, columns, area);
+  });
 });
