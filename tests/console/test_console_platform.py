@@ -412,6 +412,15 @@ def test_fetch_progress_and_manifest_status(setup):
     assert b'<progress max="1073741824" value="536870912"' in body
     assert b"50%" in body and b"1/3 files" in body and b"Running" in body
     assert b"recorded: 2 files" in body
+    assert b'hx-trigger="every 5s"' in body  # a fetch runs: the table refreshes itself
+    part = client.get(
+        reverse("console:platform-model", kwargs={"alias": "tiny-chat"}), {"part": "versions"}
+    ).content
+    assert b'<div id="versions"' in part and b"<html" not in part
+    assert b"<h1>" not in part and b"50%" in part
+    ArtifactFetch.objects.filter(pk=fetch.pk).update(state="done", bytes_done=1024**3)
+    body = client.get(reverse("console:platform-model", kwargs={"alias": "tiny-chat"})).content
+    assert b'hx-trigger="every 5s"' not in body and b"Done" in body
     assert client.post(url, {"node": "not-a-node"}).status_code == 400
 
 
@@ -671,7 +680,10 @@ def test_verify_with_the_broker_down_is_a_message_not_a_500(setup):
         platform.audit_tasks.verify_chain, "apply_async", side_effect=OSError("no broker")
     ):
         response = client.post(reverse("console:platform-audit-verify"))
-    assert response.status_code == 503 and b"unavailable" in response.content
+        assert response.status_code == 503 and b"unavailable" in response.content
+        assert b"<h1>" in response.content  # the whole page, not a fragment
+        fragment = client.post(reverse("console:platform-audit-verify"), HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 200 and b"unavailable" in fragment.content
 
 
 def test_lists_run_a_bounded_number_of_queries(setup, make_user, django_assert_max_num_queries):

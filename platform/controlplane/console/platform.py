@@ -366,7 +366,7 @@ def _fetch_view(fetch: ArtifactFetch) -> dict:
     return {"fetch": fetch, "percent": percent}
 
 
-def _model_page(request, model, status=200, **extra):
+def _model_page(request, model, status=200, part=None, **extra):
     versions = list(
         model.versions.select_related("trust_remote_code_approved_by").order_by("-created_at")
     )
@@ -385,14 +385,19 @@ def _model_page(request, model, status=200, **extra):
         }
         for v in versions
     ]
+    fetching = any(f["fetch"].state in ("queued", "running") for r in rows for f in r["fetches"])
+    template = "console/platform/model.html"
+    if part == "versions":  # htmx refreshing fetch progress
+        template = "console/platform/_versions.html"
     return render(
         request,
-        "console/platform/model.html",
+        template,
         _context(
             request,
             "catalog",
             model=model,
             rows=rows,
+            fetching=fetching,
             upstreams=model.upstreams.order_by("name"),
             nodes=Node.objects.order_by("name"),
             **_choices(),
@@ -405,7 +410,7 @@ def _model_page(request, model, status=200, **extra):
 @require_GET
 @platform_page
 def model_detail(request, alias):
-    return _model_page(request, _model_or_404(alias))
+    return _model_page(request, _model_or_404(alias), part=request.GET.get("part"))
 
 
 @require_POST
@@ -772,9 +777,7 @@ def _verify_state(request) -> dict:
     return {"state": "done", "run_id": run_id, "result": result}
 
 
-@require_GET
-@platform_page
-def audit(request):
+def _audit_page(request, verify: dict, status: int = 200):
     events = AuditEvent.objects.order_by("-seq")
     prefix = request.GET.get("action", "").strip()[:64]
     if prefix:
@@ -788,10 +791,15 @@ def audit(request):
     return render(
         request,
         "console/platform/audit.html",
-        _context(
-            request, "audit", page=page, prefix=prefix, slugs=slugs, verify=_verify_state(request)
-        ),
+        _context(request, "audit", page=page, prefix=prefix, slugs=slugs, verify=verify),
+        status=status,
     )
+
+
+@require_GET
+@platform_page
+def audit(request):
+    return _audit_page(request, _verify_state(request))
 
 
 @require_POST
@@ -804,12 +812,11 @@ def audit_verify(request):
     except Exception as exc:  # the broker being down is a message, not a 500
         log.warning("could not start the audit verification: %s", exc)
         request.session.pop(VERIFY_SESSION_KEY, None)
-        return render(
-            request,
-            "console/platform/_verify.html",
-            {"verify": {"state": "unavailable"}},
-            status=503,
-        )
+        unavailable = {"state": "unavailable"}
+        if request.headers.get("HX-Request") == "true":
+            # htmx swaps only successful responses: the message must come as a 200.
+            return render(request, "console/platform/_verify.html", {"verify": unavailable})
+        return _audit_page(request, unavailable, status=503)
     request.session[VERIFY_SESSION_KEY] = run_id
     if request.headers.get("HX-Request") == "true":
         return render(request, "console/platform/_verify.html", {"verify": _verify_state(request)})
