@@ -712,3 +712,11 @@ def test_the_verify_task_is_registered():
     from controlplane.celery import app
 
     assert "audit.verify_chain" in app.tasks and verify_chain.name == "audit.verify_chain"
+
+
+def test_a_model_named_like_a_route_still_has_its_page(setup):
+    client = root_client(setup)
+    assert client.post(reverse("console:platform-model-create"), {**MODEL_FORM, "alias": "new"})[
+        "Location"
+    ] == reverse("console:platform-model", kwargs={"alias": "new"})
+    assert client.get(reverse("console:platform-model", kwargs={"alias": "new"})).status_code == 200

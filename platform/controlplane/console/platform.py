@@ -840,33 +840,35 @@ urlpatterns = [
     ),
     path(PREFIX + "catalog/", catalog, name="platform-catalog"),
     path(PREFIX + "catalog/new/", model_create, name="platform-model-create"),
-    path(PREFIX + "catalog/<str:alias>/", model_detail, name="platform-model"),
-    path(PREFIX + "catalog/<str:alias>/edit/", model_edit, name="platform-model-edit"),
+    path(PREFIX + "catalog/models/<str:alias>/", model_detail, name="platform-model"),
+    path(PREFIX + "catalog/models/<str:alias>/edit/", model_edit, name="platform-model-edit"),
     path(
-        PREFIX + "catalog/<str:alias>/versions/new/", version_create, name="platform-version-create"
+        PREFIX + "catalog/models/<str:alias>/versions/new/",
+        version_create,
+        name="platform-version-create",
     ),
     path(
-        PREFIX + "catalog/<str:alias>/versions/<str:version_id>/edit/",
+        PREFIX + "catalog/models/<str:alias>/versions/<str:version_id>/edit/",
         version_edit,
         name="platform-version-edit",
     ),
     path(
-        PREFIX + "catalog/<str:alias>/versions/<str:version_id>/remote-code/",
+        PREFIX + "catalog/models/<str:alias>/versions/<str:version_id>/remote-code/",
         version_remote_code,
         name="platform-version-remote-code",
     ),
     path(
-        PREFIX + "catalog/<str:alias>/versions/<str:version_id>/fetch/",
+        PREFIX + "catalog/models/<str:alias>/versions/<str:version_id>/fetch/",
         version_fetch,
         name="platform-version-fetch",
     ),
     path(
-        PREFIX + "catalog/<str:alias>/upstreams/new/",
+        PREFIX + "catalog/models/<str:alias>/upstreams/new/",
         upstream_create,
         name="platform-upstream-create",
     ),
     path(
-        PREFIX + "catalog/<str:alias>/upstreams/<str:upstream_id>/edit/",
+        PREFIX + "catalog/models/<str:alias>/upstreams/<str:upstream_id>/edit/",
         upstream_edit,
         name="platform-upstream-edit",
     ),
