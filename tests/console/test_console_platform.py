@@ -15,7 +15,7 @@ from controlplane.audit.models import AuditEvent
 from controlplane.catalog.models import Model, ModelVersion, Upstream
 from controlplane.catalog.secrets import decrypt_secret
 from controlplane.catalog.services import create_upstream
-from controlplane.console.platform import SetPasswordTokens, set_password_tokens
+from controlplane.console.platform.users import SetPasswordTokens, set_password_tokens
 from controlplane.fleet.models import ArtifactFetch, Node, NodeState, Replica, ReplicaState
 from controlplane.fleet.services import create_deployment, create_node, create_pool
 from controlplane.tenancy.models import ApiKey, Membership, Organization
@@ -663,21 +663,21 @@ def test_verify_chain_names_the_first_bad_seq(setup, tamper):
 
 
 def test_verify_result_polls_while_the_task_runs(setup):
-    from controlplane.console import platform
+    from controlplane.console.platform import audit as platform_audit
 
     client = root_client(setup)
-    with mock.patch.object(platform.audit_tasks.verify_chain, "apply_async"):
+    with mock.patch.object(platform_audit.audit_tasks.verify_chain, "apply_async"):
         assert client.post(reverse("console:platform-audit-verify")).status_code == 302
     fragment = client.get(reverse("console:platform-audit-verify-result")).content.decode()
     assert "Verifying" in fragment and 'hx-trigger="every 2s"' in fragment
 
 
 def test_verify_with_the_broker_down_is_a_message_not_a_500(setup):
-    from controlplane.console import platform
+    from controlplane.console.platform import audit as platform_audit
 
     client = root_client(setup)
     with mock.patch.object(
-        platform.audit_tasks.verify_chain, "apply_async", side_effect=OSError("no broker")
+        platform_audit.audit_tasks.verify_chain, "apply_async", side_effect=OSError("no broker")
     ):
         response = client.post(reverse("console:platform-audit-verify"))
         assert response.status_code == 503 and b"unavailable" in response.content
