@@ -720,3 +720,11 @@ def test_a_model_named_like_a_route_still_has_its_page(setup):
         "Location"
     ] == reverse("console:platform-model", kwargs={"alias": "new"})
     assert client.get(reverse("console:platform-model", kwargs={"alias": "new"})).status_code == 200
+
+
+def test_only_platform_admins_see_the_platform_link(setup):
+    overview = reverse("console:overview", kwargs={"org_slug": "org-a"})
+    client = Client()
+    client.force_login(setup.alice)
+    assert b'href="/console/platform/"' not in client.get(overview).content
+    assert b'href="/console/platform/"' in root_client(setup).get(overview).content
