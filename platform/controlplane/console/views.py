@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET, require_POST
 from controlplane.catalog.models import OrganizationModelAccess
 from controlplane.catalog.services import usable_model_aliases
 from controlplane.console import charts, playground
+from controlplane.console.streaming import streamed
 from controlplane.fleet.models import Deployment
 from controlplane.quotas import summary
 from controlplane.quotas.api.serializers import UsageSummaryQuerySerializer
@@ -289,7 +290,7 @@ def usage(request):
         summary.organization_rows(actor, organization), **query.validated_data
     )
     if request.GET.get("format") == "csv":
-        return _csv(organization, report)
+        return _csv(request, organization, report)
     chart = _chart(report["results"]) if report["group_by"] in ("day", "hour") else None
     return render(
         request,
@@ -334,7 +335,7 @@ def _csv_cell(value):
     return "" if value is None else value
 
 
-def _csv(organization, report) -> StreamingHttpResponse:
+def _csv(request, organization, report) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
 
     def rows():
@@ -342,7 +343,7 @@ def _csv(organization, report) -> StreamingHttpResponse:
         for row in report["results"]:
             yield writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
 
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response = streamed(request, rows(), content_type="text/csv; charset=utf-8")
     filename = f"usage-{organization.slug}-{report['group_by']}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -119,3 +119,13 @@ document.addEventListener("DOMContentLoaded", function () {
     }, columns, area);
   });
 });
+
+// A fragment request whose session ended lands on the sign-in page (a redirect htmx
+// follows): go there as a whole page instead of swapping the form into a table.
+document.addEventListener("htmx:beforeSwap", function (event) {
+  var xhr = event.detail && event.detail.xhr;
+  if (xhr && xhr.responseURL && xhr.responseURL.indexOf("/console/signin/") !== -1) {
+    event.detail.shouldSwap = false;
+    window.location.assign(xhr.responseURL);
+  }
+});
