@@ -100,6 +100,8 @@ class FakeUpstream:
     fail_status: int | None = None
     #: Seconds to wait before the response headers.
     first_byte_delay: float = 0.0
+    #: While True, answers wait (after counting their hit) until it is False again.
+    hold: bool = False
     #: Seconds to wait before each stream chunk after the first.
     chunk_delay: float = 0.0
     #: Break the connection after this many stream chunks.
@@ -121,6 +123,7 @@ class FakeUpstream:
         self.tokenize_hits = 0
         self.fail_status = None
         self.first_byte_delay = 0.0
+        self.hold = False
         self.chunk_delay = 0.0
         self.drop_after_chunks = None
         self.stall_after_chunks = None
@@ -164,6 +167,8 @@ class FakeUpstream:
             return
         if self.first_byte_delay:
             await asyncio.sleep(self.first_byte_delay)
+        while self.hold:
+            await asyncio.sleep(0.01)
         if self.fail_status is not None:
             await self._json(send, self.fail_status, {"error": {"message": f"{self.name} failing"}})
             return

@@ -68,8 +68,8 @@ def test_counters_slots_and_ledger_after_redis_restarts_empty(
         _drain(client)
         assert UsageRecord.objects.count() == 8
 
-        # Long enough that all 64 are still waiting on the upstream when Redis dies.
-        fake_a.first_byte_delay = 3.0
+        # All 64 wait on the upstream until Redis has died: none settles before.
+        fake_a.hold = True
         statuses: list[int] = []
         threads = [
             threading.Thread(target=lambda i=i: statuses.append(_chat(procs[i % 4].url, key)))
@@ -80,6 +80,7 @@ def test_counters_slots_and_ledger_after_redis_restarts_empty(
         # all 64 upstream (a refused one would already be in statuses)
         assert wait_for(lambda: fake_a.hits == 8 + 64, timeout=30), statuses
         server.kill()
+        fake_a.hold = False
         for t in threads:
             t.join()
         assert statuses == [200] * 64
