@@ -149,6 +149,8 @@ def test_owner_and_viewer_flow(world, r, live_server, browser_page, no_agents): 
     node_reports("ready")
     expect(states).to_have_text(["ready", "ready"], timeout=15_000)
     check_page(page, "deployments")
+    create = page.get_by_role("region", name="Create a deployment")
+    expect(create.get_by_label(re.compile("^Node selector"))).to_have_value("{}")
     assert len(no_agents) >= 1  # the node was sent its desired state
 
     for path, name in (
