@@ -115,11 +115,13 @@ class DeploymentSpecForm(ConsoleForm):
     selector = forms.JSONField(
         label="Node selector (JSON object of labels)",
         required=False,
+        initial=dict,  # an empty form shows {} (Django renders no value as null)
         widget=forms.Textarea(attrs={"rows": 2}),
     )
     engine_args = forms.JSONField(
         label="Engine arguments (JSON object)",
         required=False,
+        initial=dict,  # an empty form shows {} (Django renders no value as null)
         widget=forms.Textarea(attrs={"rows": 3}),
     )
     scale_target = forms.ChoiceField(

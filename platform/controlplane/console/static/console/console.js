@@ -64,6 +64,7 @@ document.addEventListener("DOMContentLoaded", function () {
         { label: "Errors", stroke: "#a40e26", scale: "n", dash: [6, 4] },
       ],
       axes: [{}, { scale: "n" }, { scale: "tokens", side: 1 }],
+      scales: { x: { time: true, range: timeRange } },
     };
     new uPlot(options, [data.x, data.requests, data.tokens, data.errors], area);
   });
@@ -116,6 +117,7 @@ document.addEventListener("DOMContentLoaded", function () {
       height: 260,
       series: series,
       axes: [{}, { label: area.dataset.title || "" }],
+      scales: { x: { time: true, range: timeRange } },
     }, columns, area);
   });
 });
@@ -129,3 +131,10 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     window.location.assign(xhr.responseURL);
   }
 });
+// The time axis of a chart: with a single hour or day of traffic uPlot 1.6 widens it by
+// 86400 / ms "seconds" (1000 days with seconds as unit) and the point is lost in years of
+// empty axis; half a day either side instead.
+function timeRange(u, min, max) {
+  var xs = u.data && u.data[0];
+  return xs && xs.length === 1 ? [xs[0] - 43200, xs[0] + 43200] : [min, max];
+}
