@@ -614,6 +614,9 @@ def test_audit_log_is_paginated_and_filtered(setup):
     client = root_client(setup)
     body = client.get(reverse("console:platform-audit"), {"action": "node."}).content.decode()
     assert "node.create" in body and "organization.create" not in body
+    # Changes read as JSON ("null"), not as Python ("None").
+    created = client.get(reverse("console:platform-audit"), {"action": "node.create"})
+    assert "null" in created.content.decode() and "None" not in created.content.decode()
     total = AuditEvent.objects.count()
     assert (
         f"of {total}, newest first"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django import template
 from django.utils import timezone
 
@@ -42,3 +44,10 @@ def group_label(value, group_by) -> str:
     if group_by == "hour":
         return str(value)[:13].replace("T", " ") + ":00 UTC"
     return str(value)
+
+
+@register.filter
+def as_json(value) -> str:
+    """A stored value as compact JSON (``null``, not Python's ``None``); autoescaped
+    where it is used."""
+    return json.dumps(value, default=str, ensure_ascii=False, separators=(", ", ": "))
