@@ -131,6 +131,9 @@ def start_gateway(tmp: Path, redis_url: str, policy: str) -> tuple[subprocess.Po
         "API_KEY_PEPPER": PEPPER,
         "GATEWAY_REDIS_URL": redis_url,
         "GATEWAY_ROUTING": policy,
+        # This compares routing, not Redis fault handling: a machine busy with the
+        # replicas must not turn slow admissions into 503s (fail-closed after 0.5 s).
+        "GATEWAY_REDIS_TIMEOUT": "2",
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_ACCESS_LOG": "false",
         "PYTHONPATH": str(REPO),
