@@ -216,16 +216,13 @@ def overview(request):
         rows = summary.organization_rows(actor, organization)
         by_day = summary.summarize(rows, group_by="day", since=since, until=until)
         top = {
-            group: sorted(
-                summary.summarize(
-                    rows, group_by=group, since=since, until=until, with_totals=False
-                )["results"],
-                key=lambda r: -r["total_tokens"],
-            )[:10]
+            group: summary.summarize(
+                rows, group_by=group, since=since, until=until, with_totals=False, top=10
+            )["results"]
             for group in ("model", "team", "key")
         }
         extra.update(days=days, by_day=by_day, chart=_chart(by_day["results"]), top=top)
-        extra["names"] = _names(organization)
+        extra["names"] = _names(organization, [r["group"] for r in top["key"] if r["group"]])
         extra.update(
             _overview_charts(
                 actor, organization, rows, since=since, until=until, names=extra["names"]
@@ -256,17 +253,19 @@ def summary_now() -> dt.datetime:
     return now_hour() + dt.timedelta(hours=1)
 
 
-def _names(organization) -> dict[str, str]:
-    """Display names of teams and keys, by id as the summary reports them."""
+def _names(organization, key_ids=None) -> dict[str, str]:
+    """Display names of teams and keys, by id as the summary reports them; of the keys
+    in ``key_ids`` only when given (a page names the keys it shows, not all 5,000)."""
     names = {
         str(pk): name
         for pk, name in Team.objects.filter(organization=organization).values_list("pk", "name")
     }
+    keys = ApiKey.objects.filter(organization=organization)
+    if key_ids is not None:
+        keys = keys.filter(pk__in=[k for k in map(_uuid_or_none, key_ids) if k])
     names.update(
         (str(pk), f"{name} ({prefix})")
-        for pk, name, prefix in ApiKey.objects.filter(organization=organization).values_list(
-            "pk", "name", "prefix"
-        )[:5000]
+        for pk, name, prefix in keys.values_list("pk", "name", "prefix")[:5000]
     )
     return names
 
@@ -299,7 +298,12 @@ def usage(request):
             report=report,
             chart=chart,
             params=request.GET,
-            names=_names(organization),
+            names=_names(
+                organization,
+                [r["group"] for r in report["results"] if r["group"]]
+                if report["group_by"] == "key"
+                else (),
+            ),
             groups=sorted(summary.GROUPS),
         ),
     )
