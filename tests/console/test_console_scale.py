@@ -166,3 +166,46 @@ def test_overview_top_lists_hold_the_ten_biggest(world):
     assert [r["total_tokens"] for r in top["model"]] == sorted(
         (r["total_tokens"] for r in top["model"]), reverse=True
     )
+
+
+@pytest.mark.django_db
+def test_summary_totals_added_from_the_groups_match_the_database(world):
+    """Totals are the sum of the groups (no second scan): the same figures, percentiles
+    included, as summing the rollup rows in the database."""
+    from controlplane.quotas.models import ROLLUP_SUM_FIELDS
+    from django.db.models import Sum
+
+    grow(world, 60)
+    rows = summary.organization_rows(Actor.for_user(world.alice), world.org_a)
+    until = timezone.now() + dt.timedelta(hours=1)
+    since = until - dt.timedelta(days=30)
+    expected = summary._figures(
+        rows.filter(hour__gte=since, hour__lt=until).aggregate(
+            **{name: Sum(name) for name in ROLLUP_SUM_FIELDS}
+        )
+    )
+    assert expected["requests"] == 60 and expected["latency_ms_p95"] is not None
+    for group_by in summary.GROUPS:
+        report = summary.summarize(rows, group_by=group_by, since=since, until=until)
+        assert report["totals"] == pytest.approx(expected), group_by
+
+
+@pytest.mark.django_db
+def test_usage_by_key_lists_the_biggest_keys_and_the_csv_all(world, monkeypatch):
+    from controlplane.console import views
+
+    monkeypatch.setattr(views, "USAGE_ROWS_SHOWN", 10)
+    grow(world, 60)
+    client = Client()
+    client.force_login(world.alice)
+    url = reverse("console:usage", kwargs={"org_slug": "org-a"})
+    week = {"group_by": "key", "since": (timezone.now() - dt.timedelta(days=30)).isoformat()}
+    response = client.get(url, week)
+    shown = response.context["shown"]
+    assert [r["total_tokens"] for r in shown] == sorted(
+        (r["total_tokens"] for r in response.context["report"]["results"]), reverse=True
+    )[:10]
+    assert b"The 10 of 60 keys with the most tokens" in response.content
+    assert response.content.count(b"scale key ") == 10  # names of the shown keys only
+    csv_response = client.get(url, week | {"format": "csv"})
+    assert len(b"".join(csv_response.streaming_content).splitlines()) == 61

@@ -35,6 +35,8 @@ from controlplane.tenancy.models import ApiKey, Membership, Organization, Team
 from gateway.contract import SCOPES
 
 KEYS_PER_PAGE = 50
+#: Most keys or teams the usage page lists (the ones with the most tokens; CSV: all).
+USAGE_ROWS_SHOWN = 100
 #: The URL prefix of an organization's pages (``org_slug`` for ``org_page``).
 ORG = "o/<str:org_slug>/"
 log = logging.getLogger(__name__)
@@ -290,19 +292,23 @@ def usage(request):
     if request.GET.get("format") == "csv":
         return _csv(organization, report)
     chart = _chart(report["results"]) if report["group_by"] in ("day", "hour") else None
+    shown = report["results"]
+    if report["group_by"] in ("key", "team") and len(shown) > USAGE_ROWS_SHOWN:
+        # Thousands of keys make a page nobody reads (and seconds to render): the
+        # biggest ones here, all of them in the CSV.
+        shown = sorted(shown, key=lambda r: -r["total_tokens"])[:USAGE_ROWS_SHOWN]
     return render(
         request,
         "console/usage.html",
         _context(
             request,
             report=report,
+            shown=shown,
             chart=chart,
             params=request.GET,
             names=_names(
                 organization,
-                [r["group"] for r in report["results"] if r["group"]]
-                if report["group_by"] == "key"
-                else (),
+                [r["group"] for r in shown if r["group"]] if report["group_by"] == "key" else (),
             ),
             groups=sorted(summary.GROUPS),
         ),
