@@ -36,6 +36,8 @@ from controlplane.tenancy.models import ApiKey, Membership, Organization, Team
 from gateway.contract import SCOPES
 
 KEYS_PER_PAGE = 50
+#: Most keys or teams the usage page lists (the ones with the most tokens; CSV: all).
+USAGE_ROWS_SHOWN = 100
 #: The URL prefix of an organization's pages (``org_slug`` for ``org_page``).
 ORG = "o/<str:org_slug>/"
 log = logging.getLogger(__name__)
@@ -217,16 +219,13 @@ def overview(request):
         rows = summary.organization_rows(actor, organization)
         by_day = summary.summarize(rows, group_by="day", since=since, until=until)
         top = {
-            group: sorted(
-                summary.summarize(
-                    rows, group_by=group, since=since, until=until, with_totals=False
-                )["results"],
-                key=lambda r: -r["total_tokens"],
-            )[:10]
+            group: summary.summarize(
+                rows, group_by=group, since=since, until=until, with_totals=False, top=10
+            )["results"]
             for group in ("model", "team", "key")
         }
         extra.update(days=days, by_day=by_day, chart=_chart(by_day["results"]), top=top)
-        extra["names"] = _names(organization)
+        extra["names"] = _names(organization, [r["group"] for r in top["key"] if r["group"]])
         extra.update(
             _overview_charts(
                 actor, organization, rows, since=since, until=until, names=extra["names"]
@@ -257,17 +256,19 @@ def summary_now() -> dt.datetime:
     return now_hour() + dt.timedelta(hours=1)
 
 
-def _names(organization) -> dict[str, str]:
-    """Display names of teams and keys, by id as the summary reports them."""
+def _names(organization, key_ids=None) -> dict[str, str]:
+    """Display names of teams and keys, by id as the summary reports them; of the keys
+    in ``key_ids`` only when given (a page names the keys it shows, not all 5,000)."""
     names = {
         str(pk): name
         for pk, name in Team.objects.filter(organization=organization).values_list("pk", "name")
     }
+    keys = ApiKey.objects.filter(organization=organization)
+    if key_ids is not None:
+        keys = keys.filter(pk__in=[k for k in map(_uuid_or_none, key_ids) if k])
     names.update(
         (str(pk), f"{name} ({prefix})")
-        for pk, name, prefix in ApiKey.objects.filter(organization=organization).values_list(
-            "pk", "name", "prefix"
-        )[:5000]
+        for pk, name, prefix in keys.values_list("pk", "name", "prefix")[:5000]
     )
     return names
 
@@ -292,15 +293,24 @@ def usage(request):
     if request.GET.get("format") == "csv":
         return _csv(request, organization, report)
     chart = _chart(report["results"]) if report["group_by"] in ("day", "hour") else None
+    shown = report["results"]
+    if report["group_by"] in ("key", "team") and len(shown) > USAGE_ROWS_SHOWN:
+        # Thousands of keys make a page nobody reads (and seconds to render): the
+        # biggest ones here, all of them in the CSV.
+        shown = sorted(shown, key=lambda r: -r["total_tokens"])[:USAGE_ROWS_SHOWN]
     return render(
         request,
         "console/usage.html",
         _context(
             request,
             report=report,
+            shown=shown,
             chart=chart,
             params=request.GET,
-            names=_names(organization),
+            names=_names(
+                organization,
+                [r["group"] for r in shown if r["group"]] if report["group_by"] == "key" else (),
+            ),
             groups=sorted(summary.GROUPS),
         ),
     )
