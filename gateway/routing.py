@@ -198,12 +198,15 @@ class Router:
         # replicas (3 and 2 on two) must not spill and lose their cache.
         recent_cap = (1.0 + 2 * self.load_bound) * (sum(recent.values()) + 1) / len(rotated)
         matched = self.prefixes.match(blocks, loads) if blocks else dict.fromkeys(loads, 0)
+        # The rate bound is there to spread a prefix some replica holds; with no match
+        # anywhere it would only put a request behind busier replicas: load alone decides.
+        any_match = any(matched.values())
         # Sorted is stable: equal scores keep the round-robin rotation.
         return sorted(
             rotated,
             key=lambda r: (
                 loads[r["id"]] >= cap,
-                recent[r["id"]] >= recent_cap,
+                any_match and recent[r["id"]] >= recent_cap,
                 -matched[r["id"]],
                 loads[r["id"]],
             ),

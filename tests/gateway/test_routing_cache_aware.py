@@ -195,3 +195,23 @@ def test_a_hot_prefix_spreads_even_when_its_requests_never_overlap():
         taken[rid] += 1
         now[0] += 0.1
     assert max(taken.values()) <= 1.5 * 40 / 2, taken
+
+
+def test_with_no_prefix_match_anywhere_load_alone_decides():
+    """The request-rate bound spreads a prefix some replica holds; for a prompt no replica
+    has seen it must not send the request behind a busier replica (unique prompts would
+    wait longer than under least-outstanding)."""
+    now = [0.0]
+    router = Router(clock=lambda: now[0])
+    two = routes(2)
+    for _ in range(6):  # r0 took many requests recently, all finished
+        router.acquire("r0")
+        router.release("r0")
+    router.acquire("r1")  # r1 holds one request now
+    blocks = (11, 12, 13)  # nobody has these
+    for _ in range(4):  # whatever the rotation
+        assert router.order("m", two, None, blocks)[0]["id"] == "r0"
+    # Once r0 holds this prefix and its recent rate is over the bound, the bound spreads it.
+    router.record_prompt("r0", blocks)
+    router.record_prompt("r1", blocks)
+    assert router.order("m", two, None, blocks)[0]["id"] == "r1"
