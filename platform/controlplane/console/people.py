@@ -30,7 +30,7 @@ from controlplane.console.views import (
     _actor,
     _context,
     _organizations,
-    _uuid_or_none,
+    as_uuid,
     find_user,
     org_page,
     parse_expiry,
@@ -136,7 +136,7 @@ def me_key_revoke(request, key_id):
     actor = _actor(request)
     key = (
         ApiKey.objects.restrict(actor, "apikey.view")
-        .filter(user=request.user, pk=_uuid_or_none(key_id))
+        .filter(user=request.user, pk=as_uuid(key_id))
         .first()
     )
     if key is None:
@@ -278,7 +278,7 @@ def _teams_page(request, *, errors=None, form=None, status=200):
 def _team(request, team_id) -> Team:
     team = (
         Team.objects.restrict(request.actor, "team.view")
-        .filter(organization=request.organization, pk=_uuid_or_none(team_id))
+        .filter(organization=request.organization, pk=as_uuid(team_id))
         .select_related("organization")
         .first()
     )
@@ -418,7 +418,7 @@ def team_member_remove(request, team_id, team_membership_id):
 def _managed_key(request, key_id) -> ApiKey:
     key = (
         ApiKey.objects.restrict(request.actor, "apikey.view")
-        .filter(organization=request.organization, pk=_uuid_or_none(key_id))
+        .filter(organization=request.organization, pk=as_uuid(key_id))
         .select_related("user", "team", "organization")
         .first()
     )

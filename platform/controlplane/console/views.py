@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import uuid
 
 import redis
 from django.contrib.auth import get_user_model
@@ -265,7 +266,7 @@ def _names(organization, key_ids=None) -> dict[str, str]:
     }
     keys = ApiKey.objects.filter(organization=organization)
     if key_ids is not None:
-        keys = keys.filter(pk__in=[k for k in map(_uuid_or_none, key_ids) if k])
+        keys = keys.filter(pk__in=[k for k in map(as_uuid, key_ids) if k])
     names.update(
         (str(pk), f"{name} ({prefix})")
         for pk, name, prefix in keys.values_list("pk", "name", "prefix")[:5000]
@@ -504,7 +505,7 @@ def key_create(request):
     if team_id:
         team = (
             Team.objects.restrict(actor, "team.view")
-            .filter(organization=organization, pk=_uuid_or_none(team_id))
+            .filter(organization=organization, pk=as_uuid(team_id))
             .first()
         )
         if team is None:
@@ -565,9 +566,8 @@ def key_create(request):
     )
 
 
-def _uuid_or_none(value):
-    import uuid
-
+def as_uuid(value):
+    """``value`` as a UUID, or None if it is not one (a look-up by it then finds nothing)."""
     try:
         return uuid.UUID(str(value))
     except ValueError:
@@ -580,7 +580,7 @@ def key_revoke(request, key_id):
     organization, actor = request.organization, request.actor
     key = (
         ApiKey.objects.restrict(actor, "apikey.view")
-        .filter(organization=organization, pk=_uuid_or_none(key_id))
+        .filter(organization=organization, pk=as_uuid(key_id))
         .first()
     )
     if key is None:

@@ -4,9 +4,7 @@ only; anyone else signed in gets a 404, so the pages are not revealed) and small
 from __future__ import annotations
 
 import functools
-import uuid
 
-from django.core.exceptions import ValidationError
 from django.http import Http404
 
 from controlplane.console.views import signed_in
@@ -38,22 +36,7 @@ def page_context(request, section: str, **extra) -> dict:
     return {"section": section, "organizations": switcher, **extra}
 
 
-def form_errors(exc: ValidationError) -> dict[str, str]:
-    """A service's ValidationError as {field or "form": message}."""
-    return {
-        ("form" if field == "__all__" else field): " ".join(str(m) for m in messages)
-        for field, messages in getattr(exc, "message_dict", {"__all__": exc.messages}).items()
-    }
-
-
 def no_store(response):
     # One-time links and set-password forms: never cached.
     response["Cache-Control"] = "no-store"
     return response
-
-
-def as_uuid(value):
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None

@@ -24,11 +24,10 @@ from controlplane.catalog.models import (
 )
 from controlplane.console.platform.base import (
     PER_PAGE,
-    as_uuid,
-    form_errors,
     page_context,
     platform_page,
 )
+from controlplane.console.views import as_uuid, service_errors
 from controlplane.fleet import services as fleet_services
 from controlplane.fleet.models import ArtifactFetch, Node
 
@@ -84,7 +83,7 @@ def model_create(request):
             actor=request.actor, **_model_fields(request.POST, creating=True)
         )
     except ValidationError as exc:
-        return _catalog_page(request, status=400, errors=form_errors(exc), form=request.POST)
+        return _catalog_page(request, status=400, errors=service_errors(exc), form=request.POST)
     return redirect("console:platform-model", alias=model.alias)
 
 
@@ -157,7 +156,7 @@ def model_edit(request, alias):
         )
     except ValidationError as exc:
         model.refresh_from_db()
-        return _model_page(request, model, status=400, errors={"model": form_errors(exc)})
+        return _model_page(request, model, status=400, errors={"model": service_errors(exc)})
     return redirect("console:platform-model", alias=model.alias)
 
 
@@ -214,7 +213,11 @@ def version_create(request, alias):
         )
     except ValidationError as exc:
         return _model_page(
-            request, model, status=400, errors={"new_version": form_errors(exc)}, form=request.POST
+            request,
+            model,
+            status=400,
+            errors={"new_version": service_errors(exc)},
+            form=request.POST,
         )
     return redirect("console:platform-model", alias=model.alias)
 
@@ -234,7 +237,7 @@ def version_edit(request, alias, version_id):
             request,
             model,
             status=400,
-            errors={str(version.pk): form_errors(exc)},
+            errors={str(version.pk): service_errors(exc)},
             form=request.POST,
         )
     return redirect("console:platform-model", alias=model.alias)
@@ -253,7 +256,9 @@ def version_remote_code(request, alias, version_id):
             actor=request.actor, version=version, trust_remote_code=approve
         )
     except ValidationError as exc:
-        return _model_page(request, model, status=400, errors={str(version.pk): form_errors(exc)})
+        return _model_page(
+            request, model, status=400, errors={str(version.pk): service_errors(exc)}
+        )
     return redirect("console:platform-model", alias=model.alias)
 
 
@@ -272,7 +277,9 @@ def version_fetch(request, alias, version_id):
     try:
         fleet_services.start_fetch(actor=request.actor, version=version, node=node)
     except ValidationError as exc:
-        return _model_page(request, model, status=400, errors={str(version.pk): form_errors(exc)})
+        return _model_page(
+            request, model, status=400, errors={str(version.pk): service_errors(exc)}
+        )
     return redirect("console:platform-model", alias=model.alias)
 
 
@@ -294,7 +301,7 @@ def upstream_create(request, alias):
         # The key the administrator typed is not sent back, even on an error.
         kept = {k: v for k, v in form.items() if k != "api_key"}
         return _model_page(
-            request, model, status=400, errors={"new_upstream": form_errors(exc)}, form=kept
+            request, model, status=400, errors={"new_upstream": service_errors(exc)}, form=kept
         )
     return redirect("console:platform-model", alias=model.alias)
 
@@ -322,5 +329,7 @@ def upstream_edit(request, alias, upstream_id):
         )
     except ValidationError as exc:
         upstream.refresh_from_db()
-        return _model_page(request, model, status=400, errors={str(upstream.pk): form_errors(exc)})
+        return _model_page(
+            request, model, status=400, errors={str(upstream.pk): service_errors(exc)}
+        )
     return redirect("console:platform-model", alias=model.alias)

@@ -17,11 +17,11 @@ from controlplane.catalog.models import (
 )
 from controlplane.console.platform.base import (
     PER_PAGE,
-    form_errors,
     page_context,
     platform_page,
 )
 from controlplane.console.platform.users import issue_set_password_link, link_page
+from controlplane.console.views import service_errors
 from controlplane.fleet.models import Node
 from controlplane.tenancy import services as tenancy_services
 from controlplane.tenancy.models import Organization
@@ -99,7 +99,7 @@ def organization_create(request):
                     actor=actor, slug=slug, name=name, owner=owner
                 )
         except ValidationError as exc:
-            errors = form_errors(exc)
+            errors = service_errors(exc)
         else:
             if link:
                 return link_page(request, owner, link, created=organization)

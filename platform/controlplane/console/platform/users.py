@@ -23,11 +23,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from controlplane.audit.services import record_event
 from controlplane.console.platform.base import (
     PER_PAGE,
-    form_errors,
     no_store,
     page_context,
     platform_page,
 )
+from controlplane.console.views import service_errors
 from controlplane.tenancy import services as tenancy_services
 from controlplane.tenancy.actors import Actor
 from controlplane.tenancy.models import Membership
@@ -183,7 +183,7 @@ def user_create(request):
             )
             link = issue_set_password_link(request, actor=request.actor, user=user)
     except ValidationError as exc:
-        return _users_page(request, status=400, errors=form_errors(exc), form=form)
+        return _users_page(request, status=400, errors=service_errors(exc), form=form)
     return link_page(request, user, link)
 
 
@@ -208,7 +208,7 @@ def user_link(request, user_id):
     try:
         link = issue_set_password_link(request, actor=request.actor, user=user)
     except ValidationError as exc:
-        return _users_page(request, status=400, errors=form_errors(exc))
+        return _users_page(request, status=400, errors=service_errors(exc))
     return link_page(request, user, link)
 
 
@@ -219,5 +219,5 @@ def user_deactivate(request, user_id):
     try:
         tenancy_services.deactivate_user(actor=request.actor, user=user)
     except ValidationError as exc:
-        return _users_page(request, status=400, errors=form_errors(exc))
+        return _users_page(request, status=400, errors=service_errors(exc))
     return redirect("console:platform-users")

@@ -23,7 +23,7 @@ from controlplane.console.resources.forms import (
     ScaleForm,
     service_error,
 )
-from controlplane.console.views import ORG, _context, _uuid_or_none, org_page
+from controlplane.console.views import ORG, _context, as_uuid, org_page
 from controlplane.fleet import services as fleet_services
 from controlplane.fleet.models import Deployment, Pool, Replica, ReplicaState
 
@@ -55,7 +55,7 @@ def shared_capacity(organization):
 
 
 def _deployment(request, deployment_id) -> Deployment:
-    deployment = _own(request).filter(pk=_uuid_or_none(deployment_id)).first()
+    deployment = _own(request).filter(pk=as_uuid(deployment_id)).first()
     if deployment is None:
         raise Http404("No such deployment in this organization.")
     return deployment

@@ -27,7 +27,7 @@ from controlplane.console.resources.forms import (
     limit_form_initial,
     service_error,
 )
-from controlplane.console.views import ORG, _context, _uuid_or_none, org_page
+from controlplane.console.views import ORG, _context, as_uuid, org_page
 from controlplane.quotas import services as quota_services
 from controlplane.quotas.models import LimitPolicy
 from controlplane.tenancy.models import ApiKey, Team
@@ -157,7 +157,7 @@ def _subject(request, form) -> dict | None:
     """The team or key the new policy applies to, or None after a form error."""
     data = form.cleaned_data
     if data["subject"] == "team":
-        team = _teams(request).filter(pk=_uuid_or_none(data.get("team"))).first()
+        team = _teams(request).filter(pk=as_uuid(data.get("team"))).first()
         if team is None:
             form.add_error("team", "Choose a team of this organization.")
             return None
@@ -204,7 +204,7 @@ def limit_create(request):
 def _policy(request, policy_id) -> LimitPolicy:
     policy = (
         LimitPolicy.objects.restrict(request.actor, "limits.view")
-        .filter(organization=request.organization, pk=_uuid_or_none(policy_id))
+        .filter(organization=request.organization, pk=as_uuid(policy_id))
         .select_related("team", "api_key__user", "organization")
         .first()
     )
