@@ -16,9 +16,9 @@ once to warm up and ``--repeat`` times measured, and a table prints the median a
 worst time, the number of SQL queries and whether the page took under one second.
 ``--keep`` leaves the database for another run; ``--reuse`` uses a kept one as is.
 
-Seeding 1M rows takes about a minute; rebuilding the rollup from them (one row read
-at a time through the ORM, as ``manage.py rebuild_usage_rollup`` does) about 13
-minutes on a busy 2-core machine, so ``--keep`` then ``--reuse`` when changing pages.
+Seeding 1M rows takes about a minute and rebuilding the rollups from them (with
+``rollup.rebuild``, as ``manage.py rebuild_usage_rollup`` does) well under another;
+``--keep`` then ``--reuse`` when changing pages.
 """
 
 from __future__ import annotations

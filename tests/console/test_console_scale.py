@@ -180,7 +180,7 @@ def test_summary_totals_added_from_the_groups_match_the_database(world):
     until = timezone.now() + dt.timedelta(hours=1)
     since = until - dt.timedelta(days=30)
     expected = summary._figures(
-        rows.filter(hour__gte=since, hour__lt=until).aggregate(
+        rows.hourly.filter(hour__gte=since, hour__lt=until).aggregate(
             **{name: Sum(name) for name in ROLLUP_SUM_FIELDS}
         )
     )

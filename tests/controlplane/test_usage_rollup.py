@@ -1,6 +1,8 @@
-"""The hourly usage rollup equals the ledger it summarises, however often the stream
-replays or repeats events; the summary API reads it with the API's roles; the rebuild
-command recomputes it; and the same SQL works on SQLite."""
+"""The usage rollups (hourly, daily per team and model, daily per key) equal the
+ledger they summarise, however often the stream replays or repeats events; summaries
+over any range add the daily and hourly pieces up to the ledger's own sums; the
+summary API reads them with the API's roles; the rebuild command recomputes them; and
+the same SQL works on SQLite."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from controlplane.quotas.models import (
     LATENCY_BUCKET_FIELDS,
     ROLLUP_SUM_FIELDS,
     TTFT_BUCKET_FIELDS,
+    UsageDaily,
+    UsageDailyKey,
     UsageHourly,
     UsageRecord,
 )
@@ -84,12 +88,49 @@ def rollup_totals() -> dict:
     return found
 
 
-def assert_rollup_matches_ledger():
-    expected, found = ledger_totals(), rollup_totals()
-    assert found.keys() == expected.keys()
+def day_totals(hourly: dict, dims) -> dict:
+    """``hourly`` (keyed as ``ledger_totals``) summed per UTC day over the positions
+    ``dims`` of its key (hour last)."""
+    days: dict = defaultdict(lambda: dict.fromkeys(ROLLUP_SUM_FIELDS, 0))
+    for key, values in hourly.items():
+        day = key[4].replace(hour=0)
+        into = days[(*(key[i] for i in dims), day)]
+        for name, value in values.items():
+            into[name] += value
+    return dict(days)
+
+
+def table_totals(model, dims: tuple[str, ...]) -> dict:
+    found = {}
+    for row in model.objects.all():
+        key = (*(getattr(row, d) for d in dims), row.day)
+        assert key not in found, f"two {model.__name__} rows for {key}"
+        assert row.day == row.day.replace(hour=0, minute=0, second=0, microsecond=0)
+        found[key] = {name: getattr(row, name) for name in ROLLUP_SUM_FIELDS}
+    return found
+
+
+def assert_same(found: dict, expected: dict, what: str) -> None:
+    assert found.keys() == expected.keys(), what
     for key, values in expected.items():
         for name, value in values.items():
-            assert found[key][name] == pytest.approx(value), (key, name)
+            assert found[key][name] == pytest.approx(value), (what, key, name)
+
+
+def assert_rollup_matches_ledger():
+    expected = ledger_totals()
+    assert_same(rollup_totals(), expected, "hourly")
+    # The daily tables: the same ledger, per (org, team, model, day) and (org, key, day).
+    assert_same(
+        table_totals(UsageDaily, ("organization_id", "team_id", "model")),
+        day_totals(expected, (0, 1, 3)),
+        "daily",
+    )
+    assert_same(
+        table_totals(UsageDailyKey, ("organization_id", "api_key_id")),
+        day_totals(expected, (0, 2)),
+        "daily per key",
+    )
 
 
 events = st.fixed_dictionaries(
@@ -103,7 +144,8 @@ events = st.fixed_dictionaries(
         "completion_tokens": st.integers(0, 5000),
         "latency_ms": st.floats(0, 120_000, allow_nan=False),
         "ttft_ms": st.none() | st.floats(0, 70_000, allow_nan=False),
-        "ts": st.floats(T0, T0 + 3 * 3600, allow_nan=False),
+        # Across a UTC midnight, so daily rows get hours of two days.
+        "ts": st.floats(T0 + 13 * 3600, T0 + 17 * 3600, allow_nan=False),
     }
 )
 
@@ -118,8 +160,8 @@ events = st.fixed_dictionaries(
     replays=st.lists(st.integers(0, 4), max_size=4),
 )
 def test_rollup_equals_ledger_after_replays_and_duplicates(world, r, batches, replays):
-    UsageRecord.objects.all().delete()
-    UsageHourly.objects.all().delete()
+    for model in (UsageRecord, UsageHourly, UsageDaily, UsageDailyKey):
+        model.objects.all().delete()
     consumer = LedgerConsumer(r, name="prop")
     org = str(world.org_a.pk)
     delivered = []
@@ -170,6 +212,8 @@ def test_rebuild_command_restores_the_rollup(world, r):
     assert_rollup_matches_ledger()
     UsageHourly.objects.filter(hour__gte=dt.datetime.fromtimestamp(T0 + 3600, dt.UTC)).delete()
     UsageHourly.objects.update(requests=999)
+    UsageDaily.objects.update(errors_5xx=0)
+    UsageDailyKey.objects.all().delete()
     call_command("rebuild_usage_rollup")
     assert_rollup_matches_ledger()
     # A bounded rebuild touches only its hours.
@@ -184,6 +228,95 @@ def test_rebuild_command_restores_the_rollup(world, r):
     first_hour = dt.datetime.fromtimestamp(T0, dt.UTC)
     assert all(h.prompt_tokens > 0 for h in UsageHourly.objects.filter(hour=first_hour))
     assert all(h.prompt_tokens == 0 for h in UsageHourly.objects.exclude(hour=first_hour))
+    # ... and the whole days those hours touch, from the hourly rows as they now are.
+    day = first_hour.replace(hour=0)
+    in_day = UsageHourly.objects.filter(hour__gte=day, hour__lt=day + dt.timedelta(days=1))
+    assert (
+        sum(d.prompt_tokens for d in UsageDaily.objects.filter(day=day))
+        == sum(h.prompt_tokens for h in in_day)
+        > 0
+    )
+    assert sum(d.prompt_tokens for d in UsageDailyKey.objects.filter(day=day)) == sum(
+        h.prompt_tokens for h in in_day
+    )
+
+
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    start=st.integers(0, 70),
+    length=st.integers(1, 72),
+    group_by=st.sampled_from(["day", "team", "model", "key"]),
+    top=st.none() | st.integers(1, 3),
+)
+def test_summaries_over_any_range_add_up_the_ledger(
+    world, spread_usage, start, length, group_by, top
+):
+    """Whole days come from the daily tables and the hours around them from the hourly
+    one: for any range of whole hours, every grouping equals the ledger's own sums."""
+    from controlplane.quotas import summary
+    from controlplane.tenancy.actors import Actor
+
+    since = spread_usage + dt.timedelta(hours=start)
+    until = since + dt.timedelta(hours=length)
+    column = {"day": "day", "team": "team", "model": "model", "key": "key"}[group_by]
+    expected: dict = defaultdict(lambda: [0, 0, []])
+    for rec in UsageRecord.objects.filter(
+        organization_id=world.org_a.pk, occurred_at__gte=since, occurred_at__lt=until
+    ):
+        group = {
+            "day": rec.occurred_at.astimezone(dt.UTC)
+            .replace(hour=0, minute=0, second=0, microsecond=0)
+            .isoformat(),
+            "team": str(rec.team_id) if rec.team_id else None,
+            "model": rec.model,
+            "key": str(rec.api_key_id) if rec.api_key_id else None,
+        }[column]
+        expected[group][0] += 1
+        expected[group][1] += rec.total_tokens
+    rows = summary.organization_rows(Actor.for_user(world.alice), world.org_a)
+    report = summary.summarize(rows, group_by=group_by, since=since, until=until, top=top)
+    found = {r["group"]: [r["requests"], r["total_tokens"]] for r in report["results"]}
+    wanted = {g: v[:2] for g, v in expected.items()}
+    if top is None:
+        assert found == wanted
+        assert report["totals"]["requests"] == sum(v[0] for v in wanted.values())
+    else:
+        ranked = sorted(wanted.values(), key=lambda v: -v[1])
+        assert sorted((v[1] for v in found.values()), reverse=True) == [v[1] for v in ranked[:top]]
+        assert all(found[g] == wanted[g] for g in found)
+
+
+@pytest.fixture
+def spread_usage(world, r):
+    """Ledger rows of both organizations every 37 minutes over four days, on three
+    teams, three keys and two models; returns the first hour."""
+    from tests.controlplane.test_ledger import event, push
+
+    start = dt.datetime(2026, 11, 2, 0, 0, tzinfo=dt.UTC)
+    orgs = [str(world.org_a.pk), str(world.org_b.pk)]
+    push(
+        r,
+        [
+            event(
+                f"spread-{i}",
+                orgs[i % 7 == 0],
+                ts=start.timestamp() + 5 + i * 37 * 60,
+                team=TEAMS[i % 3],
+                key=KEYS[i % 3],
+                model=("tiny-chat", "embed")[i % 2],
+                prompt_tokens=i,
+            )
+            for i in range(4 * 24 * 60 // 37)
+        ],
+    )
+    consumer = LedgerConsumer(r, name="spread")
+    while consumer.run_once(block=False).read:
+        pass
+    return start
 
 
 def seed(world, r):
@@ -299,7 +432,7 @@ def test_rollup_on_sqlite(sqlite_env):
     script = textwrap.dedent(
         """
         import datetime as dt, uuid
-        from controlplane.quotas.models import UsageHourly, UsageRecord
+        from controlplane.quotas.models import UsageDaily, UsageDailyKey, UsageHourly, UsageRecord
         from controlplane.quotas.rollup import rebuild, record_usage
         org = uuid.uuid4()
         t = dt.datetime(2026, 11, 2, 9, 5, tzinfo=dt.UTC)
@@ -313,9 +446,13 @@ def test_rollup_on_sqlite(sqlite_env):
         assert len(rows) == 1 and rows[0].requests == 15, rows
         assert rows[0].prompt_tokens == sum(range(15)) and rows[0].errors_5xx == 8
         assert rows[0].ttft_count == 5
+        assert UsageDaily.objects.get().requests == UsageDailyKey.objects.get().requests == 15
         UsageHourly.objects.update(requests=0)
+        UsageDaily.objects.update(requests=0)
         assert rebuild() == 15
         assert UsageHourly.objects.get().requests == 15
+        assert UsageDaily.objects.get().prompt_tokens == sum(range(15))
+        assert UsageDaily.objects.get().requests == UsageDailyKey.objects.get().requests == 15
         print("sqlite-ok")
         """
     )

@@ -1,14 +1,11 @@
 """The overview's usage figures for members: per day stacked by model, latency per
-hour, and this month's tokens against the monthly limits. All of it reads the hourly
-rollup through ``quotas/summary.py`` (never the raw ledger), a fixed number of queries
+hour, and this month's tokens against the monthly limits. All of it reads the rollups
+through ``quotas/summary.py`` (never the raw ledger), a fixed number of queries
 whatever the traffic."""
 
 from __future__ import annotations
 
 import datetime as dt
-
-from django.db.models import Sum
-from django.db.models.functions import TruncDay
 
 from controlplane.quotas import summary
 from controlplane.quotas.models import LimitPolicy
@@ -30,18 +27,12 @@ def daily_by_model(rows, *, since: dt.datetime, until: dt.datetime) -> dict:
     """Requests, tokens and errors per UTC day for each model: ``{"days": [iso],
     "models": [alias], "<metric>": {"x": [...], "series": [{"label", "values"}]}}``.
     Days without traffic are left out, as in the per-day table."""
-    grouped = (
-        rows.filter(hour__gte=since, hour__lt=until)
-        .annotate(day=TruncDay("hour", tzinfo=dt.UTC))
-        .values("day", "model")
-        .annotate(
-            requests=Sum("requests"),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            e4=Sum("errors_4xx"),
-            e5=Sum("errors_5xx"),
-        )
-        .order_by("day", "model")
+    grouped = summary.grouped_sums(
+        rows,
+        ("day", "model"),
+        since=since,
+        until=until,
+        fields=("requests", "prompt_tokens", "completion_tokens", "errors_4xx", "errors_5xx"),
     )
     cells: dict[tuple, dict] = {}
     totals: dict[str, int] = {}
@@ -52,8 +43,8 @@ def daily_by_model(rows, *, since: dt.datetime, until: dt.datetime) -> dict:
             days.append(day)
         figures = {
             "requests": row["requests"] or 0,
-            "tokens": (row["prompt"] or 0) + (row["completion"] or 0),
-            "errors": (row["e4"] or 0) + (row["e5"] or 0),
+            "tokens": (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0),
+            "errors": (row["errors_4xx"] or 0) + (row["errors_5xx"] or 0),
         }
         cells[(day, row["model"])] = figures
         totals[row["model"]] = totals.get(row["model"], 0) + figures["tokens"]

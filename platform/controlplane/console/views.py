@@ -30,6 +30,7 @@ from controlplane.console.streaming import streamed
 from controlplane.fleet.models import Deployment
 from controlplane.quotas import summary
 from controlplane.quotas.api.serializers import UsageSummaryQuerySerializer
+from controlplane.quotas.rollup import day_of, now_hour
 from controlplane.redis import get_redis
 from controlplane.tenancy import services as tenancy_services
 from controlplane.tenancy.actors import Actor
@@ -215,7 +216,9 @@ def overview(request):
     extra = {"deployments": deployments, "models": models}
     if actor.can("usage.view", organization.pk):
         days = 30 if request.GET.get("days") == "30" else 7
-        until = summary_now()
+        # Whole UTC days, today's included: the daily rollups answer them alone.
+        now = summary_now()
+        until = day_of(now - dt.timedelta(microseconds=1)) + dt.timedelta(days=1)
         since = until - dt.timedelta(days=days)
         rows = summary.organization_rows(actor, organization)
         by_day = summary.summarize(rows, group_by="day", since=since, until=until)
@@ -229,16 +232,16 @@ def overview(request):
         extra["names"] = _names(organization, [r["group"] for r in top["key"] if r["group"]])
         extra.update(
             _overview_charts(
-                actor, organization, rows, since=since, until=until, names=extra["names"]
+                actor, organization, rows, since=since, until=until, now=now, names=extra["names"]
             )
         )
     return render(request, "console/overview.html", _context(request, **extra))
 
 
-def _overview_charts(actor, organization, rows, *, since, until, names) -> dict:
+def _overview_charts(actor, organization, rows, *, since, until, now, names) -> dict:
     """Per-model daily charts, hourly latency and monthly budgets (``charts.py``)."""
     by_model = charts.daily_by_model(rows, since=since, until=until)
-    latency, latency_chart = charts.hourly_latency(rows, until=until)
+    latency, latency_chart = charts.hourly_latency(rows, until=now)
     return {
         "by_model": by_model,
         "by_model_tables": {
@@ -252,8 +255,7 @@ def _overview_charts(actor, organization, rows, *, since, until, names) -> dict:
 
 
 def summary_now() -> dt.datetime:
-    from controlplane.quotas.rollup import now_hour
-
+    """The end of the current hour: summaries cover whole hours."""
     return now_hour() + dt.timedelta(hours=1)
 
 

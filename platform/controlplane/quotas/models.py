@@ -168,21 +168,10 @@ ROLLUP_SUM_FIELDS = (
 )
 
 
-class UsageHourly(models.Model):
-    """The usage ledger summed per (organization, team, key, model, UTC hour): what
-    charts and summaries read instead of scanning UsageRecord. Written by the ledger
-    consumer in the transaction that inserts the records, from the records that insert
-    reports as new, so a replayed event is never counted twice; ``manage.py
-    rebuild_usage_rollup`` recomputes it from the ledger."""
+class UsageSums(models.Model):
+    """The figures every usage rollup sums: counts, token totals, latency sums and the
+    fixed latency and TTFT histograms percentiles are read from."""
 
-    # One text key for the five dimensions: team and key may be empty, and a unique
-    # constraint over nullable columns would let two rows share a bucket.
-    bucket = models.CharField(max_length=200, unique=True, editable=False)
-    organization_id = models.UUIDField()
-    team_id = models.UUIDField(null=True, blank=True)
-    api_key_id = models.UUIDField(null=True, blank=True)
-    model = models.CharField(max_length=64)
-    hour = models.DateTimeField()
     requests = models.PositiveBigIntegerField(default=0)
     errors_4xx = models.PositiveBigIntegerField(default=0)
     errors_5xx = models.PositiveBigIntegerField(default=0)
@@ -199,8 +188,60 @@ class UsageHourly(models.Model):
     objects = ScopedQuerySet.as_manager()
 
     class Meta:
-        ordering = ["hour"]
-        indexes = [models.Index(fields=["organization_id", "hour"], name="usage_hourly_org_hour")]
+        abstract = True
 
     def __str__(self) -> str:
         return self.bucket
+
+
+class UsageHourly(UsageSums):
+    """The usage ledger summed per (organization, team, key, model, UTC hour): what
+    charts and summaries read instead of scanning UsageRecord. Written by the ledger
+    consumer in the transaction that inserts the records, from the records that insert
+    reports as new, so a replayed event is never counted twice; ``manage.py
+    rebuild_usage_rollup`` recomputes it from the ledger."""
+
+    # One text key for the five dimensions: team and key may be empty, and a unique
+    # constraint over nullable columns would let two rows share a bucket.
+    bucket = models.CharField(max_length=200, unique=True, editable=False)
+    organization_id = models.UUIDField()
+    team_id = models.UUIDField(null=True, blank=True)
+    api_key_id = models.UUIDField(null=True, blank=True)
+    model = models.CharField(max_length=64)
+    hour = models.DateTimeField()
+
+    class Meta:
+        ordering = ["hour"]
+        indexes = [models.Index(fields=["organization_id", "hour"], name="usage_hourly_org_hour")]
+
+
+class UsageDaily(UsageSums):
+    """UsageHourly summed per (organization, team, model, UTC day), without the key:
+    per day, team and model figures of a month read a few thousand rows, not the
+    hundreds of thousands of hourly ones of an organization with thousands of keys.
+    Always the sum of the hourly rows of its day (written with them, in the same
+    transaction, and rebuilt from them)."""
+
+    bucket = models.CharField(max_length=200, unique=True, editable=False)
+    organization_id = models.UUIDField()
+    team_id = models.UUIDField(null=True, blank=True)
+    model = models.CharField(max_length=64)
+    day = models.DateTimeField(help_text="Midnight UTC")
+
+    class Meta:
+        ordering = ["day"]
+        indexes = [models.Index(fields=["organization_id", "day"], name="usage_daily_org_day")]
+
+
+class UsageDailyKey(UsageSums):
+    """UsageHourly summed per (organization, API key, UTC day): the per-key figures
+    (usage by key, top keys) at one row per key and day."""
+
+    bucket = models.CharField(max_length=200, unique=True, editable=False)
+    organization_id = models.UUIDField()
+    api_key_id = models.UUIDField(null=True, blank=True)
+    day = models.DateTimeField(help_text="Midnight UTC")
+
+    class Meta:
+        ordering = ["day"]
+        indexes = [models.Index(fields=["organization_id", "day"], name="usage_daily_key_org_day")]

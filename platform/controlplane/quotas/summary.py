@@ -1,20 +1,29 @@
-"""Usage summaries read from the hourly rollup (never the raw ledger), shared by the
-API (``usage/summary/``) and the console so both show the same numbers."""
+"""Usage summaries read from the rollups (never the raw ledger), shared by the API
+(``usage/summary/``) and the console so both show the same numbers.
+
+A range is read from the coarsest rollup that answers it exactly: its whole UTC days
+from a daily table (``UsageDaily``, or ``UsageDailyKey`` for figures per key), the
+hours before the first and after the last whole day from ``UsageHourly``, and the
+pieces added up. A month of an organization with thousands of keys is then a few
+thousand daily rows instead of hundreds of thousands of hourly ones."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
-from django.db.models import F, Sum
+from django.db.models import F, QuerySet, Sum
 from django.db.models.functions import TruncDay
 
 from controlplane.quotas.models import (
     LATENCY_BUCKET_FIELDS,
     ROLLUP_SUM_FIELDS,
     TTFT_BUCKET_FIELDS,
+    UsageDaily,
+    UsageDailyKey,
     UsageHourly,
 )
-from controlplane.quotas.rollup import percentile
+from controlplane.quotas.rollup import ONE_DAY, day_of, percentile
 
 GROUPS = {
     "day": "day",
@@ -51,8 +60,105 @@ def _figures(row: dict) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class UsageRows:
+    """One organization's rollup rows as the caller may see them, at each grain."""
+
+    hourly: QuerySet
+    daily: QuerySet
+    daily_key: QuerySet
+
+
+def organization_rows(actor, organization) -> UsageRows:
+    def scoped(model) -> QuerySet:
+        return model.objects.restrict(actor, "usage.view").filter(organization_id=organization.pk)
+
+    return UsageRows(scoped(UsageHourly), scoped(UsageDaily), scoped(UsageDailyKey))
+
+
+def _pieces(rows: UsageRows, columns: tuple[str, ...], since, until) -> list[tuple]:
+    """``(queryset, time column, since, until)`` pieces that cover [since, until)
+    exactly, each range read from one table."""
+    if "hour" in columns:
+        return [(rows.hourly, "hour", since, until)]
+    daily = rows.daily_key if "api_key_id" in columns else rows.daily
+    first = day_of(since) if since == day_of(since) else day_of(since) + ONE_DAY
+    last = day_of(until)
+    if first >= last:
+        return [(rows.hourly, "hour", since, until)]
+    pieces = [(daily, "day", first, last)]
+    if since < first:
+        pieces.append((rows.hourly, "hour", since, first))
+    if last < until:
+        pieces.append((rows.hourly, "hour", last, until))
+    return pieces
+
+
+def _in_range(rows: QuerySet, time_column: str, since, until, columns) -> QuerySet:
+    rows = rows.filter(**{f"{time_column}__gte": since, f"{time_column}__lt": until}).order_by()
+    if "day" in columns and time_column == "hour":
+        rows = rows.annotate(day=TruncDay("hour", tzinfo=dt.UTC))
+    return rows
+
+
+def _normal(value):
+    return value.astimezone(dt.UTC) if isinstance(value, dt.datetime) else value
+
+
+def _order(row: dict, columns) -> tuple:
+    return tuple((row[c] is None, row[c]) for c in columns)
+
+
+def _tokens(row: dict) -> int:
+    return (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
+
+
+def grouped_sums(
+    rows: UsageRows,
+    columns: tuple[str, ...],
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    fields: tuple[str, ...] = ROLLUP_SUM_FIELDS,
+    top: int | None = None,
+) -> list[dict]:
+    """``fields`` summed per value of ``columns`` (of ``GROUPS``' columns) over the
+    whole UTC hours in [since, until): one dict a group, ordered by ``columns`` (NULL
+    last), or with ``top=N`` the N groups with the most tokens, most first. When one
+    table answers the whole range the database sums, orders and cuts; otherwise the
+    pieces are added up here."""
+    sums = {name: Sum(name) for name in fields}
+    pieces = _pieces(rows, columns, since, until)
+    if len(pieces) == 1:
+        grouped = _in_range(*pieces[0], columns).values(*columns).annotate(**sums)
+        if top is None:
+            return [{k: _normal(v) for k, v in row.items()} for row in grouped.order_by(*columns)]
+        # F() names the sums annotated above (they shadow the columns).
+        grouped = grouped.alias(most_tokens=F("prompt_tokens") + F("completion_tokens"))
+        return [
+            {k: _normal(v) for k, v in row.items()}
+            for row in grouped.order_by("-most_tokens", *columns)[:top]
+        ]
+    merged: dict[tuple, dict] = {}
+    for piece in pieces:
+        for row in _in_range(*piece, columns).values(*columns).annotate(**sums):
+            key = tuple(_normal(row[c]) for c in columns)
+            into = merged.get(key)
+            if into is None:
+                merged[key] = {c: k for c, k in zip(columns, key, strict=True)} | {
+                    name: row[name] or 0 for name in fields
+                }
+            else:
+                for name in fields:
+                    into[name] += row[name] or 0
+    ordered = sorted(merged.values(), key=lambda row: _order(row, columns))
+    if top is None:
+        return ordered
+    return sorted(ordered, key=lambda row: -_tokens(row))[:top]
+
+
 def summarize(
-    rows,
+    rows: UsageRows,
     *,
     group_by: str,
     since: dt.datetime,
@@ -60,28 +166,18 @@ def summarize(
     with_totals: bool = True,
     top: int | None = None,
 ) -> dict:
-    """Sum ``rows`` (a UsageHourly queryset already scoped to one organization) over
-    the whole UTC hours in [since, until), grouped by ``group_by``. ``with_totals=False``
-    spares the query of the totals (``None``) where a page shows only the groups.
-    ``top=N`` keeps the N groups with the most tokens, most first, chosen by the
-    database: an organization with thousands of keys sends ten rows, not thousands."""
-    rows = rows.filter(hour__gte=since, hour__lt=until).order_by()
-    sums = {name: Sum(name) for name in ROLLUP_SUM_FIELDS}
+    """Sum the rollup ``rows`` of one organization over the whole UTC hours in
+    [since, until), grouped by ``group_by``. ``with_totals=False`` spares the totals
+    (``None``) where a page shows only the groups. ``top=N`` keeps the N groups with
+    the most tokens, most first: an organization with thousands of keys sends ten
+    rows, not thousands."""
     column = GROUPS[group_by]
-    if group_by == "day":
-        rows = rows.annotate(day=TruncDay("hour", tzinfo=dt.UTC))
-    grouped = rows.values(column).annotate(**sums).order_by(column)
-    if top is not None:
-        # F() names the sums annotated above (they shadow the columns).
-        grouped = grouped.alias(most_tokens=F("prompt_tokens") + F("completion_tokens")).order_by(
-            "-most_tokens", column
-        )[:top]
-    grouped = list(grouped)
+    grouped = grouped_sums(rows, (column,), since=since, until=until, top=top)
     results = []
     for row in grouped:
         group = row[column]
         if isinstance(group, dt.datetime):
-            group = group.astimezone(dt.UTC).isoformat()
+            group = group.isoformat()
         elif group is not None:
             group = str(group)
         results.append({"group": group, **_figures(row)})
@@ -89,9 +185,10 @@ def summarize(
     if with_totals and top is None:
         # The groups partition the rows: their sums add up to the totals, which spares
         # a second scan of the rollup (the larger part of a page's time at scale).
-        totals = _figures({name: sum(r[name] or 0 for r in grouped) for name in sums})
+        totals = _figures({name: sum(r[name] or 0 for r in grouped) for name in ROLLUP_SUM_FIELDS})
     elif with_totals:
-        totals = _figures(rows.aggregate(**sums))
+        by_day = grouped_sums(rows, ("day",), since=since, until=until)
+        totals = _figures({name: sum(r[name] or 0 for r in by_day) for name in ROLLUP_SUM_FIELDS})
     return {
         "group_by": group_by,
         "since": since.isoformat(),
@@ -99,7 +196,3 @@ def summarize(
         "results": results,
         "totals": totals,
     }
-
-
-def organization_rows(actor, organization):
-    return UsageHourly.objects.restrict(actor, "usage.view").filter(organization_id=organization.pk)

@@ -15,7 +15,7 @@ def _moment(value: str) -> dt.datetime:
 
 class Command(BaseCommand):
     help = (
-        "Recompute the hourly usage rollup from the usage ledger: all of it, or the whole "
+        "Recompute the usage rollups (hourly, then daily) from the usage ledger: all of it, or the whole "
         "UTC hours in [--since, --until). Safe to run while the ledger consumer runs."
     )
 
@@ -27,4 +27,4 @@ class Command(BaseCommand):
         if since and until and since >= until:
             raise CommandError("--since must be before --until")
         read = rebuild(since=since, until=until)
-        self.stdout.write(f"rebuilt the usage rollup from {read} ledger rows")
+        self.stdout.write(f"rebuilt the usage rollups from {read} ledger rows")
