@@ -27,6 +27,7 @@ from controlplane.quotas.models import (
     UsageHourly,
     UsageRecord,
 )
+from controlplane.quotas.rollup import DAILY, DAILY_KEY, bucket_name
 from django.conf import settings
 from django.core.management import call_command
 from hypothesis import HealthCheck, given
@@ -84,6 +85,10 @@ def rollup_totals() -> dict:
     for row in UsageHourly.objects.all():
         key = (row.organization_id, row.team_id, row.api_key_id, row.model, row.hour)
         assert key not in found, f"two rollup rows for {key}"
+        # Rebuilt rows (named in SQL on PostgreSQL) and added rows share one name.
+        assert row.bucket == bucket_name(
+            (row.organization_id, row.team_id, row.api_key_id, row.hour, row.model)
+        )
         found[key] = {name: getattr(row, name) for name in ROLLUP_SUM_FIELDS}
     return found
 
@@ -100,12 +105,13 @@ def day_totals(hourly: dict, dims) -> dict:
     return dict(days)
 
 
-def table_totals(model, dims: tuple[str, ...]) -> dict:
+def table_totals(model, dims: tuple[str, ...], columns: tuple[str, ...]) -> dict:
     found = {}
     for row in model.objects.all():
         key = (*(getattr(row, d) for d in dims), row.day)
         assert key not in found, f"two {model.__name__} rows for {key}"
         assert row.day == row.day.replace(hour=0, minute=0, second=0, microsecond=0)
+        assert row.bucket == bucket_name(tuple(getattr(row, c) for c in columns)), row.bucket
         found[key] = {name: getattr(row, name) for name in ROLLUP_SUM_FIELDS}
     return found
 
@@ -122,12 +128,12 @@ def assert_rollup_matches_ledger():
     assert_same(rollup_totals(), expected, "hourly")
     # The daily tables: the same ledger, per (org, team, model, day) and (org, key, day).
     assert_same(
-        table_totals(UsageDaily, ("organization_id", "team_id", "model")),
+        table_totals(UsageDaily, ("organization_id", "team_id", "model"), DAILY.columns),
         day_totals(expected, (0, 1, 3)),
         "daily",
     )
     assert_same(
-        table_totals(UsageDailyKey, ("organization_id", "api_key_id")),
+        table_totals(UsageDailyKey, ("organization_id", "api_key_id"), DAILY_KEY.columns),
         day_totals(expected, (0, 2)),
         "daily per key",
     )

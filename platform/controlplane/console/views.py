@@ -290,17 +290,24 @@ def usage(request):
             ),
             status=400,
         )
-    report = summary.summarize(
-        summary.organization_rows(actor, organization), **query.validated_data
-    )
+    wanted = dict(query.validated_data)
+    if not request.GET.get("since") and not request.GET.get("until"):
+        # The last 7 whole UTC days, today's included: the daily rollups answer them.
+        wanted["until"] = day_of(summary_now() - dt.timedelta(microseconds=1)) + dt.timedelta(
+            days=1
+        )
+        wanted["since"] = wanted["until"] - dt.timedelta(days=7)
+    rows = summary.organization_rows(actor, organization)
     if request.GET.get("format") == "csv":
-        return _csv(request, organization, report)
+        return _csv(request, organization, summary.summarize(rows, **wanted))
+    if wanted["group_by"] in ("key", "team"):
+        # Thousands of keys make a page nobody reads (and seconds to render): the
+        # biggest ones here, most first, all of them in the CSV.
+        report = summary.summarize(rows, **wanted, top=USAGE_ROWS_SHOWN)
+    else:
+        report = summary.summarize(rows, **wanted)
     chart = _chart(report["results"]) if report["group_by"] in ("day", "hour") else None
     shown = report["results"]
-    if report["group_by"] in ("key", "team") and len(shown) > USAGE_ROWS_SHOWN:
-        # Thousands of keys make a page nobody reads (and seconds to render): the
-        # biggest ones here, all of them in the CSV.
-        shown = sorted(shown, key=lambda r: -r["total_tokens"])[:USAGE_ROWS_SHOWN]
     return render(
         request,
         "console/usage.html",
@@ -308,6 +315,7 @@ def usage(request):
             request,
             report=report,
             shown=shown,
+            group_count=report.get("groups", len(shown)),
             chart=chart,
             params=request.GET,
             names=_names(

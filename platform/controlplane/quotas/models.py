@@ -244,4 +244,10 @@ class UsageDailyKey(UsageSums):
 
     class Meta:
         ordering = ["day"]
-        indexes = [models.Index(fields=["organization_id", "day"], name="usage_daily_key_org_day")]
+        indexes = [
+            models.Index(fields=["organization_id", "day"], name="usage_daily_key_org_day"),
+            # The figures of the few keys a page shows (top keys), without a scan.
+            models.Index(
+                fields=["organization_id", "api_key_id", "day"], name="usage_daily_key_org_key"
+            ),
+        ]

@@ -156,7 +156,11 @@ class Migration(migrations.Migration):
             options={
                 "ordering": ["day"],
                 "indexes": [
-                    models.Index(fields=["organization_id", "day"], name="usage_daily_key_org_day")
+                    models.Index(fields=["organization_id", "day"], name="usage_daily_key_org_day"),
+                    models.Index(
+                        fields=["organization_id", "api_key_id", "day"],
+                        name="usage_daily_key_org_key",
+                    ),
                 ],
             },
         ),

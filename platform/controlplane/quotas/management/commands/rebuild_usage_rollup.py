@@ -15,8 +15,9 @@ def _moment(value: str) -> dt.datetime:
 
 class Command(BaseCommand):
     help = (
-        "Recompute the usage rollups (hourly, then daily) from the usage ledger: all of it, or the whole "
-        "UTC hours in [--since, --until). Safe to run while the ledger consumer runs."
+        "Recompute the usage rollups (hourly, then daily) from the usage ledger: all of "
+        "it, or the whole UTC hours in [--since, --until) and the days they touch. Safe "
+        "to run while the ledger consumer runs."
     )
 
     def add_arguments(self, parser):
