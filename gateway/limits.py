@@ -10,7 +10,9 @@ the usage event, so a request costs two Redis round trips in all.
 Semantics (all clocks are Redis server time):
 
 * ``rpm`` / ``tpm``: a rolling 60-second window kept as one-second buckets in a hash
-  per subject (``<base>:rpm``, ``<base>:tpm``); exact at one-second granularity.
+  per subject (``<base>:rpm``, ``<base>:tpm``); exact at one-second granularity. The
+  hash also keeps the window's running total (field ``t``) and the second through which
+  expired buckets were swept (``w``), so an admission reads a few fields, not sixty.
 * ``concurrency``: a sorted set of in-flight request ids scored by expiry
   (``<base>:conc``); a slot left behind by a vanished gateway frees itself after
   ``concurrency_slot_ttl`` seconds.
@@ -42,6 +44,11 @@ from gateway.resp import LuaScript, ScriptClient
 log = logging.getLogger("gateway.limits")
 
 _LUA_CALENDAR = r"""
+-- Add to a budget counter; a counter this call created gets its expiry (a counter keeps
+-- the expiry of its first write: a day's counter lives two days, a month's 33).
+local function add(key, amount, ttl)
+  if redis.call('INCRBY', key, amount) == amount then redis.call('EXPIRE', key, ttl) end
+end
 local function civil_from_days(z)
   z = z + 719468
   local era = math.floor(z / 146097)
@@ -105,34 +112,76 @@ if not epoch then
   epoch = ''
 end
 
+-- A window hash holds one field per second with traffic plus two of its own: 't', the
+-- sum of its live seconds, and 'w', the second through which older fields were swept
+-- (deleted and taken off 't'). Each call sweeps only the seconds that left the window
+-- since the last one (usually none or one), so an admission costs a few field reads per
+-- window, not a read of all sixty. A window without them (new, or left by an older
+-- version) is summed in full once.
 local function window(key)
-  local flat = redis.call('HGETALL', key)
-  local total = 0
-  local live = {}
-  local stale = {}
-  for i = 1, #flat, 2 do
-    local s = tonumber(flat[i])
-    if s <= cutoff then
-      stale[#stale + 1] = flat[i]
-    else
-      local v = tonumber(flat[i + 1])
-      total = total + v
-      live[#live + 1] = {s, v}
+  local meta = redis.call('HMGET', key, 't', 'w')
+  local total, swept = tonumber(meta[1]), tonumber(meta[2])
+  if total == nil or swept == nil or swept < cutoff - 120 then
+    total = 0
+    local flat = redis.call('HGETALL', key)
+    if #flat == 0 then return 0 end
+    local stale = {}
+    for i = 1, #flat, 2 do
+      local s = tonumber(flat[i])
+      if s ~= nil then
+        if s <= cutoff then
+          stale[#stale + 1] = flat[i]
+        else
+          total = total + tonumber(flat[i + 1])
+        end
+      end
     end
+    if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+    redis.call('HSET', key, 't', total, 'w', cutoff)
+  elseif swept < cutoff then
+    local gone = {}
+    for s = swept + 1, cutoff do gone[#gone + 1] = s end
+    local counts = redis.call('HMGET', key, unpack(gone))
+    for i = 1, #counts do
+      if counts[i] then total = total - tonumber(counts[i]) end
+    end
+    redis.call('HDEL', key, unpack(gone))
+    redis.call('HSET', key, 't', total, 'w', cutoff)
   end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  table.sort(live, function(a, b) return a[1] < b[1] end)
-  return total, live
+  return total
 end
 
--- seconds until enough of the window has expired to free `need` units
-local function wait_for(live, need)
+-- the oldest second of the window with traffic, nil if none
+local function oldest(key)
+  for s = cutoff + 1, sec do
+    if redis.call('HEXISTS', key, s) == 1 then return s end
+  end
+  return nil
+end
+
+-- seconds until enough of the window has expired to free `need` units (refusals only)
+local function wait_for(key, need)
+  local flat = redis.call('HGETALL', key)
+  local live = {}
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s ~= nil and s > cutoff then live[#live + 1] = {s, tonumber(flat[i + 1])} end
+  end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
   local freed = 0
   for _, b in ipairs(live) do
     freed = freed + b[2]
     if freed >= need then return math.max(1, b[1] + 60 - sec) end
   end
   return 60
+end
+
+-- add `amount` at this second to a window whose live total is `total`
+local function count(key, total, amount)
+  -- The expiry moves when this second first gets traffic: the key outlives its newest
+  -- second by 61 s.
+  if redis.call('HINCRBY', key, sec, amount) == amount then redis.call('EXPIRE', key, 61) end
+  redis.call('HSET', key, 't', total + amount, 'w', cutoff)
 end
 
 local state = {}
@@ -147,29 +196,29 @@ for i = 0, n - 1 do
   local daily = tonumber(ARGV[o + 4])
   local monthly = tonumber(ARGV[o + 5])
   local lvl = i + 1
+  local rpm_used, tpm_used = 0, 0
   if rpm >= 0 then
-    local used, live = window(base .. ':rpm')
-    if used + 1 > rpm then
-      return {0, 'rpm', lvl, rpm, math.max(0, rpm - used), wait_for(live, used + 1 - rpm)}
+    local key = base .. ':rpm'
+    rpm_used = window(key)
+    if rpm_used + 1 > rpm then
+      return {0, 'rpm', lvl, rpm, math.max(0, rpm - rpm_used), wait_for(key, rpm_used + 1 - rpm)}
     end
-    local reset = 0
-    if #live > 0 then reset = live[1][1] + 60 - sec end
-    if best_rpm[1] < 0 or rpm - used - 1 < best_rpm[2] then
-      best_rpm = {rpm, rpm - used - 1, reset}
+    if best_rpm[1] < 0 or rpm - rpm_used - 1 < best_rpm[2] then
+      best_rpm = {rpm, rpm - rpm_used - 1, key}
     end
   end
   if tpm >= 0 then
-    local used, live = window(base .. ':tpm')
+    local key = base .. ':tpm'
+    tpm_used = window(key)
     if reserve > tpm then
-      return {0, 'tpm_request', lvl, tpm, math.max(0, tpm - used), 60}
+      return {0, 'tpm_request', lvl, tpm, math.max(0, tpm - tpm_used), 60}
     end
-    if used + reserve > tpm then
-      return {0, 'tpm', lvl, tpm, math.max(0, tpm - used), wait_for(live, used + reserve - tpm)}
+    if tpm_used + reserve > tpm then
+      return {0, 'tpm', lvl, tpm, math.max(0, tpm - tpm_used),
+              wait_for(key, tpm_used + reserve - tpm)}
     end
-    local reset = 0
-    if #live > 0 then reset = live[1][1] + 60 - sec end
-    if best_tpm[1] < 0 or tpm - used - reserve < best_tpm[2] then
-      best_tpm = {tpm, tpm - used - reserve, reset}
+    if best_tpm[1] < 0 or tpm - tpm_used - reserve < best_tpm[2] then
+      best_tpm = {tpm, tpm - tpm_used - reserve, key}
     end
   end
   if conc >= 0 then
@@ -198,28 +247,27 @@ for i = 0, n - 1 do
               days_from_civil(ny, nm) * 86400 - sec}
     end
   end
-  state[lvl] = {base, rpm, tpm, conc}
+  state[lvl] = {base, rpm, tpm, conc, rpm_used, tpm_used}
 end
 
 for lvl = 1, n do
   local base, rpm, tpm, conc = state[lvl][1], state[lvl][2], state[lvl][3], state[lvl][4]
-  if rpm >= 0 then
-    redis.call('HINCRBY', base .. ':rpm', sec, 1)
-    redis.call('EXPIRE', base .. ':rpm', 61)
-  end
-  if tpm >= 0 then
-    redis.call('HINCRBY', base .. ':tpm', sec, reserve)
-    redis.call('EXPIRE', base .. ':tpm', 61)
-  end
+  if rpm >= 0 then count(base .. ':rpm', state[lvl][5], 1) end
+  if tpm >= 0 then count(base .. ':tpm', state[lvl][6], reserve) end
   if conc >= 0 then
     redis.call('ZADD', base .. ':conc', now + ttl, member)
     redis.call('EXPIRE', base .. ':conc', math.ceil(ttl) + 60)
   end
   if breserve ~= 0 then
-    redis.call('INCRBY', base .. ':d:' .. day, breserve)
-    redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
-    redis.call('INCRBY', base .. ':m:' .. month, breserve)
-    redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
+    add(base .. ':d:' .. day, breserve, 2 * 86400)
+    add(base .. ':m:' .. month, breserve, 33 * 86400)
+  end
+end
+-- Seconds until the tightest windows next free something: their oldest traffic leaves.
+for _, best in ipairs({best_rpm, best_tpm}) do
+  if best[1] >= 0 then
+    local first = oldest(best[3])
+    best[3] = first and first + 60 - sec or 0
   end
 end
 return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],
@@ -273,15 +321,15 @@ for i = 0, n - 1 do
     redis.call('ZREM', base .. ':conc', member)
   end
   if delta ~= 0 and ARGV[o + 1] == '1' and res_sec ~= '' then
+    -- Only while the reservation's second is in the window (not yet swept).
     if redis.call('HEXISTS', base .. ':tpm', res_sec) == 1 then
       redis.call('HINCRBY', base .. ':tpm', res_sec, delta)
+      redis.call('HINCRBY', base .. ':tpm', 't', delta)
     end
   end
   if bdelta ~= 0 then
-    redis.call('INCRBY', base .. ':d:' .. day, bdelta)
-    redis.call('EXPIRE', base .. ':d:' .. day, 2 * 86400)
-    redis.call('INCRBY', base .. ':m:' .. month, bdelta)
-    redis.call('EXPIRE', base .. ':m:' .. month, 33 * 86400)
+    add(base .. ':d:' .. day, bdelta, 2 * 86400)
+    add(base .. ':m:' .. month, bdelta, 33 * 86400)
   end
 end
 if ARGV[7] ~= '' then

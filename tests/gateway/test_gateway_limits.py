@@ -90,7 +90,9 @@ def test_tightest_level_wins_and_refusal_writes_nothing(redis_client, redis_url)
             err = await h.refused(s)
             assert err.level == "org"
             key_counts = await h.redis.hgetall(s[0].base + ":rpm")
-            assert sum(int(v) for v in key_counts.values()) == 3  # refusal left no trace
+            seconds = {k: int(v) for k, v in key_counts.items() if k not in (b"t", b"w")}
+            assert sum(seconds.values()) == 3  # refusal left no trace
+            assert int(key_counts[b"t"]) == 3  # the running total agrees
             # A sibling key under another org is not affected by this org's limit.
             other = subjects(key={"rpm": 10})
             await h.admit(other)
@@ -244,5 +246,46 @@ def test_admission_is_exact_under_concurrency(redis_client, redis_url):
             refused = [r for r in results if isinstance(r, BaseException)]
             assert len(results) - len(refused) == 37
             assert {(type(r), r.status, r.level) for r in refused} == {(GatewayError, 429, "team")}
+
+    run(scenario())
+
+
+def _live_sum(fields: dict, now: int) -> int:
+    return sum(int(v) for k, v in fields.items() if k not in (b"t", b"w") and int(k) > now - 60)
+
+
+@pytest.mark.parametrize("bookkeeping", ["swept", "none"])
+def test_window_forgets_seconds_that_left_it(redis_client, redis_url, bookkeeping):
+    """The running total drops exactly the seconds that left the 60 s window, whether the
+    window kept its total (``swept``) or is met without one (a window written by an
+    older version: summed in full once). Old seconds are planted, since a test cannot
+    wait a minute."""
+
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"rpm": 10, "tpm": 1000})
+            now = int((await h.redis.time())[0])
+            for kind, counts in (("rpm", (4, 3, 2)), ("tpm", (400, 300, 200))):
+                key = s[0].base + ":" + kind
+                # 70 s and 61 s ago: outside the window; 30 s ago: inside.
+                planted = {now - 70: counts[0], now - 61: counts[1], now - 30: counts[2]}
+                if bookkeeping == "swept":
+                    planted |= {"t": sum(counts), "w": now - 75}
+                await h.redis.hset(key, mapping=planted)
+                await h.redis.expire(key, 120)
+            granted = [await h.admit(s, 100) for _ in range(8)]  # 2 + 8 = 10 requests
+            err = await h.refused(s, 100)
+            assert err.reason == "rpm"
+            assert headers(err)["x-ratelimit-remaining-requests"] == "0"
+            for kind, live in (("rpm", 10), ("tpm", 200 + 8 * 100)):
+                fields = await h.redis.hgetall(s[0].base + ":" + kind)
+                assert str(now - 70).encode() not in fields  # swept away
+                assert int(fields[b"t"]) == _live_sum(fields, now) == live, kind
+            # A settle corrects the reservation's second and the total alike.
+            await h.limiter.settle(granted[0], 40, "")
+            fields = await h.redis.hgetall(s[0].base + ":tpm")
+            assert int(fields[b"t"]) == _live_sum(fields, now) == 200 + 7 * 100 + 40
+            err = await h.refused(s, 100)  # 940 + 100 > 1000 tokens, or rpm
+            assert err.reason in ("rpm", "tpm")
 
     run(scenario())

@@ -146,10 +146,13 @@ def test_the_choice_is_under_the_bound_and_the_best_match_there(
     under = [rid for rid, load in total.items() if load < cap]
     assert under, "the least loaded route is always under the bound"
     assert chosen in under  # never past the in-flight bound while another has room
-    # under the rate bound too when some route is; then the longest match, then load
-    both = [rid for rid in under if recent[rid] < recent_cap] or under
+    # under the rate bound too when some route is (the rate bound applies only when some
+    # route holds part of the prompt); then the longest match, then load
+    matched = router.prefixes.match(blocks, total) if blocks else dict.fromkeys(total, 0)
+    both = under
+    if any(matched.values()):
+        both = [rid for rid in under if recent[rid] < recent_cap] or under
     assert chosen in both
-    matched = router.prefixes.match(blocks, total)
     assert matched[chosen] == max(matched[rid] for rid in both)
     best = [rid for rid in both if matched[rid] == matched[chosen]]
     assert total[chosen] == min(total[rid] for rid in best)
