@@ -11,8 +11,9 @@ Semantics (all clocks are Redis server time):
 
 * ``rpm`` / ``tpm``: a rolling 60-second window kept as one-second buckets in a hash
   per subject (``<base>:rpm``, ``<base>:tpm``); exact at one-second granularity. The
-  hash also keeps the window's running total (field ``t``) and the second through which
-  expired buckets were swept (``w``), so an admission reads a few fields, not sixty.
+  hash also keeps the window's running total (field ``t``), the second through which
+  expired buckets were swept (``w``) and its oldest live second (``f``), so an admission
+  reads a few fields, not sixty.
 * ``concurrency``: a sorted set of in-flight request ids scored by expiry
   (``<base>:conc``); a slot left behind by a vanished gateway frees itself after
   ``concurrency_slot_ttl`` seconds.
@@ -112,19 +113,20 @@ if not epoch then
   epoch = ''
 end
 
--- A window hash holds one field per second with traffic plus two of its own: 't', the
--- sum of its live seconds, and 'w', the second through which older fields were swept
--- (deleted and taken off 't'). Each call sweeps only the seconds that left the window
--- since the last one (usually none or one), so an admission costs a few field reads per
--- window, not a read of all sixty. A window without them (new, or left by an older
--- version) is summed in full once.
+-- A window hash holds one field per second with traffic plus three of its own: 't', the
+-- sum of its live seconds; 'w', the second through which older fields were swept
+-- (deleted and taken off 't'); 'f', its oldest live second. Each call sweeps only the
+-- seconds that left the window since the last one (usually none or one), so an
+-- admission costs a few field reads per window, not a read of all sixty. A window
+-- without them (new, or left by an older version) is read in full once.
+-- Returns the live total and the oldest live second (nil: empty).
 local function window(key)
-  local meta = redis.call('HMGET', key, 't', 'w')
-  local total, swept = tonumber(meta[1]), tonumber(meta[2])
+  local meta = redis.call('HMGET', key, 't', 'w', 'f')
+  local total, swept, first = tonumber(meta[1]), tonumber(meta[2]), tonumber(meta[3])
   if total == nil or swept == nil or swept < cutoff - 120 then
-    total = 0
+    total, first = 0, nil
     local flat = redis.call('HGETALL', key)
-    if #flat == 0 then return 0 end
+    if #flat == 0 then return 0, nil end
     local stale = {}
     for i = 1, #flat, 2 do
       local s = tonumber(flat[i])
@@ -133,11 +135,11 @@ local function window(key)
           stale[#stale + 1] = flat[i]
         else
           total = total + tonumber(flat[i + 1])
+          if first == nil or s < first then first = s end
         end
       end
     end
     if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-    redis.call('HSET', key, 't', total, 'w', cutoff)
   elseif swept < cutoff then
     local gone = {}
     for s = swept + 1, cutoff do gone[#gone + 1] = s end
@@ -146,17 +148,27 @@ local function window(key)
       if counts[i] then total = total - tonumber(counts[i]) end
     end
     redis.call('HDEL', key, unpack(gone))
+    if first ~= nil and first <= cutoff then
+      -- The oldest second left: the next one with traffic (in steady traffic the first
+      -- looked at; a scan of the window only after a quiet spell).
+      first = nil
+      for s = cutoff + 1, sec do
+        if redis.call('HEXISTS', key, s) == 1 then
+          first = s
+          break
+        end
+      end
+    end
+  else
+    return total, first
+  end
+  if first == nil then
     redis.call('HSET', key, 't', total, 'w', cutoff)
+    redis.call('HDEL', key, 'f')
+  else
+    redis.call('HSET', key, 't', total, 'w', cutoff, 'f', first)
   end
-  return total
-end
-
--- the oldest second of the window with traffic, nil if none
-local function oldest(key)
-  for s = cutoff + 1, sec do
-    if redis.call('HEXISTS', key, s) == 1 then return s end
-  end
-  return nil
+  return total, first
 end
 
 -- seconds until enough of the window has expired to free `need` units (refusals only)
@@ -176,12 +188,13 @@ local function wait_for(key, need)
   return 60
 end
 
--- add `amount` at this second to a window whose live total is `total`
-local function count(key, total, amount)
+-- add `amount` at this second to a window whose live total is `total` and oldest live
+-- second `first`
+local function count(key, total, first, amount)
   -- The expiry moves when this second first gets traffic: the key outlives its newest
   -- second by 61 s.
   if redis.call('HINCRBY', key, sec, amount) == amount then redis.call('EXPIRE', key, 61) end
-  redis.call('HSET', key, 't', total + amount, 'w', cutoff)
+  redis.call('HSET', key, 't', total + amount, 'w', cutoff, 'f', first or sec)
 end
 
 local state = {}
@@ -196,20 +209,20 @@ for i = 0, n - 1 do
   local daily = tonumber(ARGV[o + 4])
   local monthly = tonumber(ARGV[o + 5])
   local lvl = i + 1
-  local rpm_used, tpm_used = 0, 0
+  local rpm_used, tpm_used, rpm_first, tpm_first = 0, 0, nil, nil
   if rpm >= 0 then
     local key = base .. ':rpm'
-    rpm_used = window(key)
+    rpm_used, rpm_first = window(key)
     if rpm_used + 1 > rpm then
       return {0, 'rpm', lvl, rpm, math.max(0, rpm - rpm_used), wait_for(key, rpm_used + 1 - rpm)}
     end
     if best_rpm[1] < 0 or rpm - rpm_used - 1 < best_rpm[2] then
-      best_rpm = {rpm, rpm - rpm_used - 1, key}
+      best_rpm = {rpm, rpm - rpm_used - 1, (rpm_first or sec) + 60 - sec}
     end
   end
   if tpm >= 0 then
     local key = base .. ':tpm'
-    tpm_used = window(key)
+    tpm_used, tpm_first = window(key)
     if reserve > tpm then
       return {0, 'tpm_request', lvl, tpm, math.max(0, tpm - tpm_used), 60}
     end
@@ -218,7 +231,7 @@ for i = 0, n - 1 do
               wait_for(key, tpm_used + reserve - tpm)}
     end
     if best_tpm[1] < 0 or tpm - tpm_used - reserve < best_tpm[2] then
-      best_tpm = {tpm, tpm - tpm_used - reserve, key}
+      best_tpm = {tpm, tpm - tpm_used - reserve, (tpm_first or sec) + 60 - sec}
     end
   end
   if conc >= 0 then
@@ -247,13 +260,13 @@ for i = 0, n - 1 do
               days_from_civil(ny, nm) * 86400 - sec}
     end
   end
-  state[lvl] = {base, rpm, tpm, conc, rpm_used, tpm_used}
+  state[lvl] = {base, rpm, tpm, conc, rpm_used, tpm_used, rpm_first, tpm_first}
 end
 
 for lvl = 1, n do
   local base, rpm, tpm, conc = state[lvl][1], state[lvl][2], state[lvl][3], state[lvl][4]
-  if rpm >= 0 then count(base .. ':rpm', state[lvl][5], 1) end
-  if tpm >= 0 then count(base .. ':tpm', state[lvl][6], reserve) end
+  if rpm >= 0 then count(base .. ':rpm', state[lvl][5], state[lvl][7], 1) end
+  if tpm >= 0 then count(base .. ':tpm', state[lvl][6], state[lvl][8], reserve) end
   if conc >= 0 then
     redis.call('ZADD', base .. ':conc', now + ttl, member)
     redis.call('EXPIRE', base .. ':conc', math.ceil(ttl) + 60)
@@ -261,13 +274,6 @@ for lvl = 1, n do
   if breserve ~= 0 then
     add(base .. ':d:' .. day, breserve, 2 * 86400)
     add(base .. ':m:' .. month, breserve, 33 * 86400)
-  end
-end
--- Seconds until the tightest windows next free something: their oldest traffic leaves.
-for _, best in ipairs({best_rpm, best_tpm}) do
-  if best[1] >= 0 then
-    local first = oldest(best[3])
-    best[3] = first and first + 60 - sec or 0
   end
 end
 return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],

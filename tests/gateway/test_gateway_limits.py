@@ -90,7 +90,7 @@ def test_tightest_level_wins_and_refusal_writes_nothing(redis_client, redis_url)
             err = await h.refused(s)
             assert err.level == "org"
             key_counts = await h.redis.hgetall(s[0].base + ":rpm")
-            seconds = {k: int(v) for k, v in key_counts.items() if k not in (b"t", b"w")}
+            seconds = {k: int(v) for k, v in key_counts.items() if k not in (b"t", b"w", b"f")}
             assert sum(seconds.values()) == 3  # refusal left no trace
             assert int(key_counts[b"t"]) == 3  # the running total agrees
             # A sibling key under another org is not affected by this org's limit.
@@ -251,7 +251,9 @@ def test_admission_is_exact_under_concurrency(redis_client, redis_url):
 
 
 def _live_sum(fields: dict, now: int) -> int:
-    return sum(int(v) for k, v in fields.items() if k not in (b"t", b"w") and int(k) > now - 60)
+    return sum(
+        int(v) for k, v in fields.items() if k not in (b"t", b"w", b"f") and int(k) > now - 60
+    )
 
 
 @pytest.mark.parametrize("bookkeeping", ["swept", "none"])
@@ -270,7 +272,7 @@ def test_window_forgets_seconds_that_left_it(redis_client, redis_url, bookkeepin
                 # 70 s and 61 s ago: outside the window; 30 s ago: inside.
                 planted = {now - 70: counts[0], now - 61: counts[1], now - 30: counts[2]}
                 if bookkeeping == "swept":
-                    planted |= {"t": sum(counts), "w": now - 75}
+                    planted |= {"t": sum(counts), "w": now - 75, "f": now - 70}
                 await h.redis.hset(key, mapping=planted)
                 await h.redis.expire(key, 120)
             granted = [await h.admit(s, 100) for _ in range(8)]  # 2 + 8 = 10 requests
@@ -281,6 +283,10 @@ def test_window_forgets_seconds_that_left_it(redis_client, redis_url, bookkeepin
                 fields = await h.redis.hgetall(s[0].base + ":" + kind)
                 assert str(now - 70).encode() not in fields  # swept away
                 assert int(fields[b"t"]) == _live_sum(fields, now) == live, kind
+                assert int(fields[b"f"]) == now - 30, kind  # the oldest live second
+            # Capacity frees when the oldest live second leaves the window: in ~30 s.
+            reset = dict(granted[-1].headers)[b"x-ratelimit-reset-requests"]
+            assert 28 <= int(reset.decode().rstrip("s")) <= 31, reset
             # A settle corrects the reservation's second and the total alike.
             await h.limiter.settle(granted[0], 40, "")
             fields = await h.redis.hgetall(s[0].base + ":tpm")
