@@ -8,12 +8,21 @@ message instead of a crash loop.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
 import tempfile
 
 from gateway.settings import Settings, SettingsError
+
+# The access log writes a line per request: leave out what its format never shows (the
+# caller's file and line, found by walking the stack; thread and multiprocessing names),
+# as the "Optimization" section of the logging documentation describes. At module level,
+# so the worker processes uvicorn spawns (they import this module again) do it too.
+logging._srcfile = None  # type: ignore[attr-defined]
+logging.logThreads = False
+logging.logMultiprocessing = False
 
 
 def logging_config(level: str) -> dict[str, object]:
