@@ -74,14 +74,47 @@ class ClientWriteTimeout(Exception):
 def _send_with_deadline(send: Any, timeout: float) -> Any:
     """``send`` that gives up after ``timeout`` seconds of back-pressure (a client that
     stopped reading would otherwise hold the request, its upstream stream and its
-    concurrency slot for as long as it likes)."""
+    concurrency slot for as long as it likes).
+
+    A send only waits when the connection's write buffer is full; otherwise it writes
+    and returns without suspending. So the send is stepped once by hand: when it
+    finishes at once (nearly always) no timer is armed at all, which spared a timer per
+    send on every response and stream chunk. When it suspends, the awaitable it waits on
+    is awaited here, under the deadline, and the send resumed after it, until it ends;
+    at the deadline the send is closed and the request fails as ``ClientWriteTimeout``."""
 
     async def deadline_send(message: dict[str, Any]) -> None:
+        step = send(message)
+        try:
+            waiting = step.send(None)
+        except StopIteration:
+            return
+        except BaseException:
+            step.close()
+            raise
         try:
             async with asyncio.timeout(timeout):
-                await send(message)
+                while True:
+                    try:
+                        if waiting is None:  # a bare yield: let the loop run once
+                            await asyncio.sleep(0)
+                        else:
+                            # What a task does with a future its coroutine yields: take
+                            # it over (clear its "yielded" flag), wait for it, resume.
+                            waiting._asyncio_future_blocking = False
+                            await waiting
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: S110 - the send sees it when resumed
+                        pass
+                    try:
+                        waiting = step.send(None)
+                    except StopIteration:
+                        return
         except TimeoutError:
             raise ClientWriteTimeout() from None
+        finally:
+            step.close()
 
     return deadline_send
 
@@ -143,7 +176,7 @@ class Services:
             timeout=settings.cold_start_timeout,
         )
         self.loadshare = LoadShare(
-            self.redis, gateway.router, gateway.instance, settings.load_share_interval
+            self.scripts, gateway.router, gateway.instance, settings.load_share_interval
         )
 
     async def start(self) -> None:

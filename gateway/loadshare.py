@@ -20,14 +20,43 @@ from typing import Any
 
 from gateway import contract
 from gateway.errors import describe
+from gateway.resp import LuaScript, ScriptClient
 from gateway.routing import Router
 
 log = logging.getLogger("gateway.loadshare")
 
 
+#: ARGV: own hash key, live-process set key, hash key prefix, this instance, now (epoch
+#: seconds), expiry in seconds and in ms, then this process's (route id, in flight) pairs.
+#: Writes this process's counts and liveness, drops processes silent past the expiry, and
+#: returns the other live processes' counts as one flat list of route id, count pairs.
+SYNC_LUA = r"""
+local own, procs, prefix, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, ttl, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+redis.call('DEL', own)
+if #ARGV > 7 then
+  redis.call('HSET', own, unpack(ARGV, 8))
+  redis.call('PEXPIRE', own, ttl_ms)
+end
+redis.call('ZADD', procs, now, me)
+redis.call('ZREMRANGEBYSCORE', procs, '-inf', now - ttl)
+local out = {}
+for _, name in ipairs(redis.call('ZRANGE', procs, 0, -1)) do
+  if name ~= me then
+    local counts = redis.call('HGETALL', prefix .. name)
+    for i = 1, #counts do out[#out + 1] = counts[i] end
+  end
+end
+return out
+"""
+SYNC = LuaScript(SYNC_LUA)
+
+
 class LoadShare:
-    def __init__(self, redis: Any, router: Router, instance: str, interval: float) -> None:
-        self.redis = redis
+    def __init__(
+        self, scripts: ScriptClient, router: Router, instance: str, interval: float
+    ) -> None:
+        self.scripts = scripts
         self.router = router
         self.instance = instance
         self.interval = interval
@@ -37,32 +66,28 @@ class LoadShare:
         self._last_ok = time.monotonic()
 
     async def sync_once(self) -> None:
-        mine = {rid: h.outstanding for rid, h in self.router.health.items() if h.outstanding > 0}
-        now = time.time()
-        ttl = self.ttl_ms / 1000
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.key)
-        if mine:
-            pipe.hset(self.key, mapping=mine)
-            pipe.pexpire(self.key, self.ttl_ms)
-        # The live processes: a sorted set scored by their last exchange, so nothing
-        # scans the keyspace; members silent past the expiry are dropped.
-        pipe.zadd(contract.INFLIGHT_PROCESSES, {self.instance: now})
-        pipe.zremrangebyscore(contract.INFLIGHT_PROCESSES, "-inf", now - ttl)
-        pipe.zrange(contract.INFLIGHT_PROCESSES, 0, -1)
-        members = (await pipe.execute())[-1]
+        """One exchange, one script call on the gateway's lean Redis connection (the
+        live processes: a sorted set scored by their last exchange, so nothing scans
+        the keyspace)."""
+        args: list[Any] = [
+            self.key,
+            contract.INFLIGHT_PROCESSES,
+            contract.INFLIGHT_PREFIX,
+            self.instance,
+            repr(time.time()),
+            self.ttl_ms / 1000,
+            self.ttl_ms,
+        ]
+        for rid, health in self.router.health.items():
+            if health.outstanding > 0:
+                args += [rid, health.outstanding]
+        flat = await self.scripts.run(SYNC, [], args)
         others: dict[str, int] = {}
-        names = [m.decode() if isinstance(m, bytes) else m for m in members]
-        names = [n for n in names if n != self.instance]
-        if names:
-            pipe = self.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.hgetall(contract.INFLIGHT_PREFIX + name)
-            for counts in await pipe.execute():
-                for rid, count in (counts or {}).items():
-                    rid = rid.decode() if isinstance(rid, bytes) else rid
-                    with contextlib.suppress(ValueError):
-                        others[rid] = others.get(rid, 0) + max(0, int(count))
+        for index in range(0, len(flat) - 1, 2):
+            rid, count = flat[index], flat[index + 1]
+            rid = rid.decode() if isinstance(rid, bytes) else rid
+            with contextlib.suppress(ValueError):
+                others[rid] = others.get(rid, 0) + max(0, int(count))
         self.router.remote_outstanding = others
         self._last_ok = time.monotonic()
 
