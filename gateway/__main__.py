@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             access_log=False,
             log_config=logging_config(settings.log_level),
             timeout_graceful_shutdown=30,
+            timeout_keep_alive=settings.keep_alive_timeout,
             server_header=False,
             # The gateway never looks at the client address; skip the middleware.
             proxy_headers=False,

@@ -470,8 +470,10 @@ class Gateway:
             Subject(level, sid, lim, model)
             for level, sid, lim, model in level_limits(principal, plan.alias)
         ]
-        # Unique even when clients reuse request ids: the slot must be this request's.
-        member = f"{ctx.request_id}:{self.instance}:{next(self._sequence)}"
+        # This request's own name in the concurrency sets and the settle guard: this
+        # process's random id and a sequence number, unique even when clients reuse
+        # request ids, and short (sets of in-flight requests are searched by member).
+        member = f"{self.instance}:{next(self._sequence):x}"
         if not has_admission_limits(subjects):
             return services.limiter.unlimited(subjects, member)
         try:

@@ -152,6 +152,11 @@ class Settings:
     #: Seconds a write to a client may stay blocked (a client that stopped reading)
     #: before the gateway drops the connection.
     write_timeout: float = 30.0
+    #: Seconds an idle client connection stays open for its next request. Longer than
+    #: the idle timeout of the load balancers usually in front (60 s), so the gateway
+    #: never closes a connection a balancer is about to reuse (uvicorn's own default,
+    #: 5 s, turns such races into 502s at the balancer).
+    keep_alive_timeout: int = 75
 
     routing: RoutingStrategy = "cache-aware"
     #: Cache-aware routing: a route may hold at most ``ceil((1 + load_bound) x mean)``
@@ -248,6 +253,9 @@ class Settings:
             ),
             write_timeout=env_float(
                 env, "GATEWAY_WRITE_TIMEOUT_SECONDS", cls.write_timeout, minimum=0.01
+            ),
+            keep_alive_timeout=env_int(
+                env, "GATEWAY_KEEP_ALIVE_SECONDS", cls.keep_alive_timeout, minimum=1
             ),
             routing=env_choice(  # type: ignore[arg-type]
                 env, "GATEWAY_ROUTING", "cache-aware", ROUTING_STRATEGIES
