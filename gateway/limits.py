@@ -44,12 +44,16 @@ from gateway.resp import LuaScript, ScriptClient
 
 log = logging.getLogger("gateway.limits")
 
-_LUA_CALENDAR = r"""
+#: Shared by the admission and the settle script.
+_LUA_COUNTERS = r"""
 -- Add to a budget counter; a counter this call created gets its expiry (a counter keeps
 -- the expiry of its first write: a day's counter lives two days, a month's 33).
 local function add(key, amount, ttl)
   if redis.call('INCRBY', key, amount) == amount then redis.call('EXPIRE', key, ttl) end
 end
+"""
+
+_LUA_CALENDAR = r"""
 local function civil_from_days(z)
   z = z + 719468
   local era = math.floor(z / 146097)
@@ -84,6 +88,7 @@ end
 #: count the prompt and ask again (nothing was changed).
 ADMIT_LUA = (
     _LUA_CALENDAR
+    + _LUA_COUNTERS
     + r"""
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
@@ -292,6 +297,7 @@ return {1, sec, day, month, best_rpm[1], best_rpm[2], best_rpm[3],
 SETTLE_LUA = (
     (
         _LUA_CALENDAR
+        + _LUA_COUNTERS
         + r"""
 local member = ARGV[1]
 local delta = tonumber(ARGV[2])

@@ -216,10 +216,8 @@ def overview(request):
     extra = {"deployments": deployments, "models": models}
     if actor.can("usage.view", organization.pk):
         days = 30 if request.GET.get("days") == "30" else 7
-        # Whole UTC days, today's included: the daily rollups answer them alone.
         now = summary_now()
-        until = day_of(now - dt.timedelta(microseconds=1)) + dt.timedelta(days=1)
-        since = until - dt.timedelta(days=days)
+        since, until = whole_days(days)
         rows = summary.organization_rows(actor, organization)
         by_day = summary.summarize(rows, group_by="day", since=since, until=until)
         top = {
@@ -259,6 +257,13 @@ def summary_now() -> dt.datetime:
     return now_hour() + dt.timedelta(hours=1)
 
 
+def whole_days(days: int) -> tuple[dt.datetime, dt.datetime]:
+    """``(since, until)`` of the last ``days`` whole UTC days, today's included: the
+    daily rollups answer such a range alone."""
+    until = day_of(now_hour()) + dt.timedelta(days=1)
+    return until - dt.timedelta(days=days), until
+
+
 def _names(organization, key_ids=None) -> dict[str, str]:
     """Display names of teams and keys, by id as the summary reports them; of the keys
     in ``key_ids`` only when given (a page names the keys it shows, not all 5,000)."""
@@ -292,11 +297,7 @@ def usage(request):
         )
     wanted = dict(query.validated_data)
     if not request.GET.get("since") and not request.GET.get("until"):
-        # The last 7 whole UTC days, today's included: the daily rollups answer them.
-        wanted["until"] = day_of(summary_now() - dt.timedelta(microseconds=1)) + dt.timedelta(
-            days=1
-        )
-        wanted["since"] = wanted["until"] - dt.timedelta(days=7)
+        wanted["since"], wanted["until"] = whole_days(7)
     rows = summary.organization_rows(actor, organization)
     if request.GET.get("format") == "csv":
         return _csv(request, organization, summary.summarize(rows, **wanted))

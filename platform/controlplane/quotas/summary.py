@@ -117,13 +117,13 @@ def ranking(
 ) -> list[tuple[tuple, int]]:
     """Every group's ``(values of columns, tokens)``, the most tokens first: two sums a
     row, so ranking thousands of keys costs a fraction of summing all their figures."""
-    tokens = {"t_prompt": Sum("prompt_tokens"), "t_completion": Sum("completion_tokens")}
-    totals: dict[tuple, int] = {}
-    for piece in _pieces(rows, columns, since, until):
-        for row in _in_range(*piece, columns).values(*columns).annotate(**tokens):
-            key = tuple(_normal(row[c]) for c in columns)
-            totals[key] = totals.get(key, 0) + (row["t_prompt"] or 0) + (row["t_completion"] or 0)
-    return sorted(totals.items(), key=lambda item: (-item[1], _order(item[0])))
+    groups = grouped_sums(
+        rows, columns, since=since, until=until, fields=("prompt_tokens", "completion_tokens")
+    )
+    totals = [
+        (tuple(g[c] for c in columns), g["prompt_tokens"] + g["completion_tokens"]) for g in groups
+    ]
+    return sorted(totals, key=lambda item: (-item[1], _order(item[0])))
 
 
 def _one_of(columns: tuple[str, ...], keys: list[tuple]) -> Q:
@@ -179,6 +179,11 @@ def grouped_sums(
     return [merged[key] for key in sorted(merged, key=_order)]
 
 
+def _added_up(groups: list[dict]) -> dict:
+    """The figures of groups that partition a range, summed."""
+    return {name: sum(g[name] or 0 for g in groups) for name in ROLLUP_SUM_FIELDS}
+
+
 def summarize(
     rows: UsageRows,
     *,
@@ -208,10 +213,10 @@ def summarize(
     if with_totals and top is None:
         # The groups partition the rows: their sums add up to the totals, which spares
         # a second scan of the rollup (the larger part of a page's time at scale).
-        totals = _figures({name: sum(r[name] or 0 for r in grouped) for name in ROLLUP_SUM_FIELDS})
+        totals = _figures(_added_up(grouped))
     elif with_totals:
-        by_day = grouped_sums(rows, ("day",), since=since, until=until)
-        totals = _figures({name: sum(r[name] or 0 for r in by_day) for name in ROLLUP_SUM_FIELDS})
+        # Only the top groups are here: the days (a daily table's few rows) add up to all.
+        totals = _figures(_added_up(grouped_sums(rows, ("day",), since=since, until=until)))
     report = {
         "group_by": group_by,
         "since": since.isoformat(),
