@@ -33,6 +33,7 @@ needs a standalone Redis (or Sentinel), not Redis Cluster.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -410,10 +411,53 @@ class NeedsExactCount(Exception):
     """The worst case of a request does not fit a token budget but its floor does: count
     the prompt exactly and admit again (the admission changed nothing)."""
 
-    def __init__(self, reason: str, level: str) -> None:
+    def __init__(self, reason: str, level: str, index: int) -> None:
         super().__init__(f"{reason} of the {level}")
         self.reason = reason
         self.level = level
+        #: The subject (position in the admission's list) whose budget is near.
+        self.index = index
+
+
+class NearBudgets:
+    """Subjects this process recently found near a token budget, so their next requests
+    count the prompt first and make one exact admission instead of an estimate admission
+    that would only answer "count first" (a Redis round trip saved per request near a
+    budget). Only a hint: a subject wrongly held near is counted needlessly, one wrongly
+    held far gets the estimate admission, which says "count first" again. It is
+    forgotten after ``ttl`` seconds, on a new snapshot (a budget may have changed) and
+    when an exact admission finds the budget spent."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._until: dict[str, tuple[float, str]] = {}
+
+    def reason(self, subjects: list[Subject]) -> str | None:
+        """The budget (``daily_tokens`` / ``monthly_tokens``) one of ``subjects`` is
+        near, if this process saw it near within the last ``ttl`` seconds."""
+        if not self._until:
+            return None
+        now = time.monotonic()
+        for subject in subjects:
+            held = self._until.get(subject.base)
+            if held is not None and held[0] > now:
+                return held[1]
+        return None
+
+    def mark(self, base: str, reason: str) -> None:
+        now = time.monotonic()
+        if len(self._until) >= self.size:
+            self._until = {b: h for b, h in self._until.items() if h[0] > now}
+            if len(self._until) >= self.size:
+                self._until.clear()
+        self._until[base] = (now + self.ttl, reason)
+
+    def forget(self, subjects: list[Subject] | None = None) -> None:
+        if subjects is None:
+            self._until.clear()
+        for subject in subjects or ():
+            self._until.pop(subject.base, None)
 
 
 @dataclass(slots=True)
@@ -561,7 +605,7 @@ class Limiter:
         reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         subject = subjects[int(result[2]) - 1]
         if int(result[0]) == 2:
-            raise NeedsExactCount(reason, subject.label)
+            raise NeedsExactCount(reason, subject.label, int(result[2]) - 1)
         limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
         raise refusal(
             reason, subject.level, limit, remaining, retry_after, reserve, label=subject.label

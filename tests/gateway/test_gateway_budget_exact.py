@@ -109,3 +109,52 @@ def test_batched_prompts_reserve_per_prompt():
     assert prompt_count("embeddings", {"input": ["a", "b"]}) == 2
     assert prompt_count("embeddings", {"input": "a"}) == 1
     assert prompt_count("chat.completions", {"messages": MESSAGES}) == 1
+
+
+def test_a_subject_found_near_is_counted_first_until_its_budget_changes(budgeted, fake_a):
+    """Near a budget, the estimate admission only ever answers "count first": the gateway
+    remembers the subject and goes straight to the count and one exact admission, until
+    a new snapshot (the budget may have been raised) makes it ask again."""
+    fake_a.prompt_tokens = 10
+    limiter = budgeted.gw.app.services.limiter
+    calls: list[bool] = []
+    admit = limiter.admit
+
+    async def counting_admit(*args, **kwargs):
+        calls.append(kwargs.get("budget_reserve", 0) is None)  # True: an exact admission
+        return await admit(*args, **kwargs)
+
+    limiter.admit = counting_admit
+    c = _client(budgeted, budgeted.near)
+    for _ in range(3):
+        c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=10)
+    # The first request: estimate ("count first"), count, exact; the next two: count, exact.
+    assert calls == [False, True, True, True] and fake_a.tokenize_hits == 3
+
+    budgeted.snap.entry("key-near")["limits"] = {"daily_tokens": 10**9}
+    budgeted.gw.wait_version(budgeted.publish())
+    c.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=10)
+    assert calls[4:] == [False] and fake_a.tokenize_hits == 3  # far now: no count
+
+
+def test_near_budgets_hint_expires_and_is_bounded(monkeypatch):
+    from gateway import limits
+
+    clock = [1000.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    near = limits.NearBudgets(ttl=10.0, size=3)
+    key = limits.Subject("key", "k1", {"daily_tokens": 5})
+    team = limits.Subject("team", "t1", {})
+    assert near.reason([key, team]) is None
+    near.mark(team.base, "monthly_tokens")
+    assert near.reason([key, team]) == "monthly_tokens"
+    clock[0] += 10.5
+    assert near.reason([key, team]) is None  # expired
+    near.mark(key.base, "daily_tokens")
+    near.mark("other", "daily_tokens")
+    near.mark("third", "daily_tokens")  # full: the expired entry is dropped first
+    assert near.reason([key]) == "daily_tokens" and len(near._until) == 3
+    near.mark("fourth", "daily_tokens")  # full of live ones: all forgotten
+    assert near.reason([key]) is None and len(near._until) == 1
+    near.forget([key])
+    assert near.reason([key]) is None
