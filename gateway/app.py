@@ -53,6 +53,8 @@ from gateway.upstream import UpstreamClient
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger("gateway.app")
+#: Refusal reasons of the token budgets.
+_BUDGETS = ("daily_tokens", "monthly_tokens")
 access_log = logging.getLogger("gateway.access")
 prompt_log = logging.getLogger("gateway.prompts")
 
@@ -389,7 +391,6 @@ class Gateway:
             started=time.perf_counter(),
         )
         ctx.response_headers.append((b"x-request-id", ctx.request_id.encode()))
-        reservation: Reservation | None = None
         plan: Plan | None = None
         metrics.in_flight.inc()
         try:
@@ -410,7 +411,7 @@ class Gateway:
                 model = plan.alias if plan is not None else _requested_model(raw)
                 ctx.model = model
                 ctx.model_label = model if model in snapshot.models else "unknown"
-            reservation = await self._admit(ctx, principal, plan)
+            await self._admit(ctx, principal, plan)
             if not plan.routes and snapshot.models[plan.alias].get("cold_start"):
                 plan = await self._hold_for_replica(ctx, plan, raw, principal, receive)
             affinity = (
@@ -464,11 +465,11 @@ class Gateway:
                 )
         finally:
             metrics.in_flight.dec()
-            await self._finish(ctx, reservation, plan)
+            await self._finish(ctx, ctx.reservation, plan)
 
-    async def _admit(
-        self, ctx: RequestContext, principal: Principal, plan: Plan
-    ) -> Reservation | None:
+    async def _admit(self, ctx: RequestContext, principal: Principal, plan: Plan) -> None:
+        """Admit the request against its limits; what it holds goes on ``ctx`` (settled
+        when the request ends, whatever happens after)."""
         services = self.services
         assert services is not None
         subjects = [
@@ -480,7 +481,8 @@ class Gateway:
         # request ids, and short (sets of in-flight requests are searched by member).
         member = f"{self.instance}:{next(self._sequence):x}"
         if not has_admission_limits(subjects):
-            return services.limiter.unlimited(subjects, member)
+            ctx.reservation = services.limiter.unlimited(subjects, member)
+            return
         try:
             reservation = await self._admit_budgeted(ctx, subjects, member, plan)
         except LimitsUnavailable as exc:
@@ -495,7 +497,7 @@ class Gateway:
                     ctx.request_id,
                     exc,
                 )
-                return None
+                return
             log.error("request %s refused: limits unavailable: %s", ctx.request_id, exc)
             raise GatewayError(
                 503,
@@ -504,17 +506,18 @@ class Gateway:
                 code="limits_unavailable",
                 headers=[(b"retry-after", b"1")],
             ) from None
+        ctx.reservation = reservation
         ctx.response_headers.extend(reservation.headers)
         if any(has_conc for _, _, has_conc in reservation.levels):
             ctx.renew_slot = lambda: services.limiter.renew_slot(reservation)
-        return reservation
 
     async def _admit_budgeted(
         self, ctx: RequestContext, subjects: list[Subject], member: str, plan: Plan
     ) -> Reservation:
         """Admit with the estimate; a token budget holds the request's worst case. Near
-        a budget (the worst case does not fit), count the prompt exactly and admit the
-        exact cost instead, so no estimate can overspend a budget."""
+        a budget (the worst case does not fit), the budgets hold at least the exact cost
+        (the prompt counted by a replica) before the request goes out, so no estimate can
+        overspend a budget."""
         limiter = self.services.limiter  # type: ignore[union-attr]
         if not has_budget(subjects) or plan.worst_tokens <= plan.reserve_tokens:
             return await limiter.admit(subjects, member, plan.reserve_tokens)
@@ -532,7 +535,28 @@ class Gateway:
                 reason = near.reason
                 self._near_budgets.mark(subjects[near.index].base, reason)
         self.metrics.prompt_counts.labels(reason).inc()
-        counted = await count_prompt(self.services.proxy.client, plan)  # type: ignore[union-attr]
+        # The count and the admission of the estimate (held exactly in the budgets too)
+        # overlap: two round trips in the time of one. A count above the estimate tops the
+        # budgets up before the request goes out, so what the budgets hold is never less
+        # than the exact cost.
+        counting = asyncio.ensure_future(
+            count_prompt(self.services.proxy.client, plan)  # type: ignore[union-attr]
+        )
+        held: Reservation | None = None
+        spent: GatewayError | None = None
+        try:
+            try:
+                held = await limiter.admit(
+                    subjects, member, plan.reserve_tokens, budget_reserve=None
+                )
+                ctx.reservation = held  # from here on, the request's end settles it
+            except GatewayError as refused:
+                if refused.reason not in _BUDGETS:
+                    raise
+                spent = refused
+            counted = await counting
+        finally:
+            counting.cancel()
         if counted is None:
             # No replica could count: the body's size bounds the prompt (a token is at
             # least one byte of text).
@@ -542,9 +566,17 @@ class Gateway:
             cost = counted + plan.completion_tokens
             ctx.prompt_counted = counted
         try:
-            return await limiter.admit(subjects, member, cost, budget_reserve=None)
+            if held is None:
+                if cost >= plan.reserve_tokens:
+                    assert spent is not None
+                    raise spent
+                # The estimate did not fit but the exact cost is smaller: admit that.
+                return await limiter.admit(subjects, member, cost, budget_reserve=None)
+            if cost > held.budget_reserved:
+                await limiter.top_up(held, subjects, cost - held.budget_reserved)
+            return held
         except GatewayError as refused:
-            if refused.reason in ("daily_tokens", "monthly_tokens"):
+            if refused.reason in _BUDGETS:
                 # Spent: the next request's estimate admission refuses without a count
                 # when not even its floor fits.
                 self._near_budgets.forget(subjects)

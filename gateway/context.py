@@ -25,6 +25,9 @@ class RequestContext:
     owner: str | None = None  # Route.owner of ``replica``: None = platform capacity
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: What the request holds in the limits (a ``gateway.limits.Reservation``), settled
+    #: when it ends.
+    reservation: Any = None
     #: What the request holds in this process's approximate limits (failing open).
     local_reservation: Any = None
     #: The prompt as the replica counted it before admission (near a budget), if it did.

@@ -365,9 +365,55 @@ end
 return 1
 """
 
+#: Add ``extra`` tokens to what an admitted reservation holds in the day and month
+#: counters, if every budget still has room. ARGV: extra, the reservation's day and month,
+#: its seed epoch, nlevels, then per level: base, daily, monthly (-1 = no limit).
+#: Returns {1}, {3} when the counters were re-seeded since the reservation (it cannot be
+#: added to), or {0, reason, level index, limit, remaining, retry_after}.
+TOP_UP_LUA = (
+    _LUA_CALENDAR
+    + _LUA_COUNTERS
+    + r"""
+if redis.call('GET', '__SEEDED__') ~= ARGV[4] then return {3} end
+local extra = tonumber(ARGV[1])
+local day, month = ARGV[2], ARGV[3]
+local n = tonumber(ARGV[5])
+local sec = tonumber(redis.call('TIME')[1])
+for i = 0, n - 1 do
+  local o = 6 + i * 3
+  local base = ARGV[o]
+  local daily = tonumber(ARGV[o + 1])
+  local monthly = tonumber(ARGV[o + 2])
+  if daily >= 0 then
+    local used = tonumber(redis.call('GET', base .. ':d:' .. day) or '0')
+    if used + extra > daily then
+      return {0, 'daily_tokens', i + 1, daily, math.max(0, daily - used),
+              (tonumber(day) + 1) * 86400 - sec}
+    end
+  end
+  if monthly >= 0 then
+    local used = tonumber(redis.call('GET', base .. ':m:' .. month) or '0')
+    if used + extra > monthly then
+      local y, m = math.floor(tonumber(month) / 100), tonumber(month) % 100 + 1
+      if m > 12 then y, m = y + 1, 1 end
+      return {0, 'monthly_tokens', i + 1, monthly, math.max(0, monthly - used),
+              days_from_civil(y, m) * 86400 - sec}
+    end
+  end
+end
+for i = 0, n - 1 do
+  local base = ARGV[6 + i * 3]
+  add(base .. ':d:' .. day, extra, 2 * 86400)
+  add(base .. ':m:' .. month, extra, 33 * 86400)
+end
+return {1}
+"""
+).replace("__SEEDED__", contract.LIMITS_SEEDED_KEY)
+
 ADMIT = LuaScript(ADMIT_LUA)
 RENEW = LuaScript(RENEW_LUA)
 SETTLE = LuaScript(SETTLE_LUA)
+TOP_UP = LuaScript(TOP_UP_LUA)
 
 REASON_CODES = {
     "rpm": ("rate_limit_exceeded", "requests per minute"),
@@ -609,6 +655,36 @@ class Limiter:
         limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
         raise refusal(
             reason, subject.level, limit, remaining, retry_after, reserve, label=subject.label
+        )
+
+    async def top_up(self, reservation: Reservation, subjects: list[Subject], extra: int) -> None:
+        """Hold ``extra`` more tokens in the day and month counters for an admitted
+        request (its prompt counted more than its reservation), or raise the budget's 429
+        ``GatewayError`` (nothing changed; the reservation stays to be settled);
+        ``LimitsUnavailable`` if Redis is down or lost the counters since."""
+        args: list[Any] = [
+            extra,
+            reservation.day,
+            reservation.month,
+            reservation.epoch,
+            len(subjects),
+        ]
+        for s in subjects:
+            args += [s.base, _limit(s.limits, "daily_tokens"), _limit(s.limits, "monthly_tokens")]
+        try:
+            result = await self.scripts.run(TOP_UP, [], args)
+        except (RedisError, OSError) as exc:
+            raise LimitsUnavailable(str(exc) or type(exc).__name__) from exc
+        if int(result[0]) == 1:
+            reservation.budget_reserved += extra
+            return
+        if int(result[0]) == 3:
+            raise LimitsUnavailable("the budget counters were re-seeded during the admission")
+        reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        subject = subjects[int(result[2]) - 1]
+        limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
+        raise refusal(
+            reason, subject.level, limit, remaining, retry_after, extra, label=subject.label
         )
 
     def settle_args(

@@ -158,3 +158,47 @@ def test_near_budgets_hint_expires_and_is_bounded(monkeypatch):
     assert near.reason([key]) is None and len(near._until) == 1
     near.forget([key])
     assert near.reason([key]) is None
+
+
+def test_near_a_budget_the_exact_cost_decides_and_a_refusal_holds_nothing(
+    start_gateway, world, fake_a
+):
+    """The count overlaps the admission of the estimate: a prompt counted above the
+    estimate tops the budget up (or is refused, releasing what it held: budget and
+    concurrency slot), one whose estimate does not fit but whose exact cost does is
+    served."""
+    world.snap.key("key-tight", "org-acme", limits={"daily_tokens": 300, "concurrency": 1})
+    world.publish()
+    gw = start_gateway()
+    gw.wait_version(world.snap.version)
+    body = orjson.dumps({"model": "chat-model", "messages": MESSAGES, "max_tokens": 10})
+    estimate = -(-len(body) // 3) + 10  # what the admission of the estimate holds
+    headers = {
+        "Authorization": f"Bearer {world.snap.full_keys['key-tight']}",
+        "content-type": "application/json",
+    }
+
+    def ask(prompt_tokens: int) -> int:
+        fake_a.prompt_tokens = prompt_tokens
+        return httpx.post(
+            gw.url + "/v1/chat/completions", headers=headers, content=body, timeout=20
+        ).status_code
+
+    def stored() -> int:
+        return int(world.redis.get(f"sap:lim:key:key-tight:d:{_day()}") or 0)
+
+    assert ask(150) == 200  # counted 150 > the estimate: topped up to 160, charged 155
+    assert stored() == 155
+    assert ask(150) == 429  # 155 + 160 > 300: refused at the top-up
+    assert stored() == 155  # the estimate it held is released
+    # 300 - 155 = 145 left: fill up to leave less than the estimate but more than 15.
+    fill = 300 - 155 - (estimate - 1) - 5
+    assert ask(fill) == 200
+    assert 300 - stored() == estimate - 1
+    # The estimate does not fit; the exact cost (5 + 10) does, and the slot is free.
+    assert ask(5) == 200
+    assert stored() == 300 - (estimate - 1) + 10
+    events = wait_for(lambda: len(usage_events(world.redis)) == 4 and usage_events(world.redis))
+    assert [e["status"] for e in events] == [200, 429, 200, 200]
+    assert sum(e["prompt_tokens"] + e["completion_tokens"] for e in events) == stored()
+    assert world.redis.zcard("sap:lim:key:key-tight:conc") == 0
