@@ -663,13 +663,21 @@ class Gateway:
         await asyncio.shield(self.services.usage.record(event, reservation, actual))
 
 
+_heap_settled = False
+
+
 def _settle_heap() -> None:
     """After start-up: move everything alive now (modules, settings, connections) out of
     the garbage collector's sight, and collect young objects less often. A request makes
     a few dozen short-lived objects; with the default thresholds the collector ran every
     ~50 requests and every full pass walked the whole heap (pauses of 10-40 ms in
     ``bench/gateway_overhead.py``). Measured there: collector time per process from
-    ~650 ms to ~15 ms over the run, with no pause above 5 ms."""
+    ~650 ms to ~15 ms over the run, with no pause above 5 ms. Once per process (an
+    embedding process that starts several gateways freezes its heap once)."""
+    global _heap_settled
+    if _heap_settled:
+        return
+    _heap_settled = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)

@@ -161,7 +161,7 @@ def test_near_budgets_hint_expires_and_is_bounded(monkeypatch):
 
 
 def test_near_a_budget_the_exact_cost_decides_and_a_refusal_holds_nothing(
-    start_gateway, world, fake_a
+    request, start_gateway, world, fake_a
 ):
     """The count overlaps the admission of the estimate: a prompt counted above the
     estimate tops the budget up (or is refused, releasing what it held: budget and
@@ -178,15 +178,22 @@ def test_near_a_budget_the_exact_cost_decides_and_a_refusal_holds_nothing(
         "content-type": "application/json",
     }
 
+    asked: list[int] = []
+
     def ask(prompt_tokens: int) -> int:
         fake_a.prompt_tokens = prompt_tokens
-        return httpx.post(
+        status = httpx.post(
             gw.url + "/v1/chat/completions", headers=headers, content=body, timeout=20
         ).status_code
+        asked.append(status)
+        # Settled (the settle appends the usage event) before the counters are read.
+        assert wait_for(lambda: len(usage_events(world.redis)) == len(asked))
+        return status
 
     def stored() -> int:
         return int(world.redis.get(f"sap:lim:key:key-tight:d:{_day()}") or 0)
 
+    request.addfinalizer(lambda: setattr(fake_a, "prompt_tokens", 7))
     assert ask(150) == 200  # counted 150 > the estimate: topped up to 160, charged 155
     assert stored() == 155
     assert ask(150) == 429  # 155 + 160 > 300: refused at the top-up
@@ -198,7 +205,7 @@ def test_near_a_budget_the_exact_cost_decides_and_a_refusal_holds_nothing(
     # The estimate does not fit; the exact cost (5 + 10) does, and the slot is free.
     assert ask(5) == 200
     assert stored() == 300 - (estimate - 1) + 10
-    events = wait_for(lambda: len(usage_events(world.redis)) == 4 and usage_events(world.redis))
+    events = usage_events(world.redis)
     assert [e["status"] for e in events] == [200, 429, 200, 200]
     assert sum(e["prompt_tokens"] + e["completion_tokens"] for e in events) == stored()
     assert world.redis.zcard("sap:lim:key:key-tight:conc") == 0
