@@ -315,9 +315,17 @@ end
 local n = tonumber(ARGV[8])
 local bdelta = tonumber(ARGV[9])
 -- Each request settles once: a replay (journal) of a settle that was applied although
--- its answer was lost changes nothing.
+-- its answer was lost changes nothing. A member '<process id>:<hex sequence>' is one bit
+-- of its process's bitmap of settled requests (a key per million requests, kept while
+-- settles keep landing in it); any other member is a key of its own.
 if member ~= '' then
-  if not redis.call('SET', '__PREFIX__settled:' .. member, '1', 'NX', 'EX', ARGV[12]) then
+  local process, seq = string.match(member, '^(%w+):(%x+)$')
+  if process then
+    local n = tonumber(seq, 16)
+    local key = '__PREFIX__settled:' .. process .. ':' .. math.floor(n / 1048576)
+    if redis.call('SETBIT', key, n % 1048576, 1) == 1 then return 0 end
+    redis.call('EXPIRE', key, ARGV[12])
+  elseif not redis.call('SET', '__PREFIX__settled:' .. member, '1', 'NX', 'EX', ARGV[12]) then
     return 0
   end
 end

@@ -295,3 +295,32 @@ def test_window_forgets_seconds_that_left_it(redis_client, redis_url, bookkeepin
             assert err.reason in ("rpm", "tpm")
 
     run(scenario())
+
+
+def test_each_settle_applies_once_remembered_in_a_bitmap_per_process(redis_client, redis_url):
+    """A settle replayed (the journal, after a lost answer) changes nothing. Members made by
+    the gateway ('<process>:<hex sequence>') are remembered as bits, a key per million
+    requests of a process; any other member as a key of its own."""
+    process = uuid.uuid4().hex[:12]
+    members = [f"{process}:{n:x}" for n in (0, 1, 0xFFFFF, 0x100000)] + [uuid.uuid4().hex]
+
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"concurrency": 10})
+            held = [await h.limiter.admit(s, m, 10) for m in members]
+            args = [h.limiter.settle_args(r, 3, '{"n": 1}') for r in held]
+            first = [await h.limiter.run_settle(a) for a in args]
+            again = [await h.limiter.run_settle(a) for a in args]
+            return s, first, again
+
+    before = redis_client.xlen(contract.USAGE_STREAM)
+    s, first, again = run(scenario())
+    assert first == [True] * 5 and again == [False] * 5
+    assert redis_client.xlen(contract.USAGE_STREAM) == before + 5  # one event each
+    assert redis_client.zcard(f"{s[0].base}:conc") == 0
+    prefix = f"{contract.LIMITS_PREFIX}settled:"
+    bitmaps = sorted(k.decode() for k in redis_client.keys(f"{prefix}{process}:*"))
+    assert bitmaps == [f"{prefix}{process}:0", f"{prefix}{process}:1"]
+    assert redis_client.bitcount(bitmaps[0]) == 3 and redis_client.bitcount(bitmaps[1]) == 1
+    assert 0 < redis_client.ttl(bitmaps[0]) <= 900
+    assert redis_client.exists(f"{prefix}{members[-1]}")
