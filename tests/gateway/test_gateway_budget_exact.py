@@ -65,6 +65,8 @@ def test_near_the_budget_the_replica_counts_and_the_charge_is_exact(budgeted, fa
     # 155 per request: three fit 520, the fourth (150 + 10 reserved) does not.
     assert served == 3 and fake_a.tokenize_hits == 4
     assert _metric(budgeted, "gateway_prompt_counts_total") == 4
+    # Read after the four settles (a refused request releases what it held in its own).
+    assert wait_for(lambda: len(usage_events(budgeted.redis)) == 4)
     stored = int(budgeted.redis.get(f"sap:lim:key:key-near:d:{_day()}"))
     assert stored == 3 * 155 <= 520
 
@@ -86,12 +88,13 @@ def test_without_a_count_the_body_size_bounds_the_prompt(budgeted, fake_a):
     ]
     served = statuses.count(200)
     assert served >= 1 and statuses[served:] == [429] * (8 - served)
-    stored = int(budgeted.redis.get(f"sap:lim:key:key-near:d:{_day()}"))
-    assert stored == served * (size + 5) <= 520
-    assert _metric(budgeted, "gateway_prompt_count_failures_total") >= 1
+    # Read after the eight settles (a refused request releases what it held in its own).
     events = wait_for(
         lambda: len(usage_events(budgeted.redis)) == 8 and usage_events(budgeted.redis)
     )
+    stored = int(budgeted.redis.get(f"sap:lim:key:key-near:d:{_day()}"))
+    assert stored == served * (size + 5) <= 520
+    assert _metric(budgeted, "gateway_prompt_count_failures_total") >= 1
     assert sum(e["prompt_tokens"] + e["completion_tokens"] for e in events) == stored
 
 

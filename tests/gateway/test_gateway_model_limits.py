@@ -68,8 +68,10 @@ def test_key_budget_for_one_model_refuses_it_and_serves_the_others(per_model, fa
     assert fake_a.tokenize_hits == 4
     # Another model, same key: no budget for it, served.
     c.embeddings.create(model="embed-model", input="one")
-    # Per-model counters hold that model's usage only; the key's counter holds both.
+    # Per-model counters hold that model's usage only; the key's counter holds both
+    # (read once the five requests have settled).
     r = per_model.redis
+    assert wait_for(lambda: len(usage_events(r)) == 5)
     base = f"{contract.LIMITS_PREFIX}key:key-pm"
     assert int(r.get(f"{base}:model:chat-model:d:{_day()}")) == 3 * 305
     assert int(r.get(f"{base}:model:embed-model:d:{_day()}")) == 300
