@@ -29,6 +29,7 @@ from gateway.coldstart import ColdStarts
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.limits import (
+    BUDGET_LIMITS,
     Limiter,
     LimitsUnavailable,
     NearBudgets,
@@ -53,8 +54,6 @@ from gateway.upstream import UpstreamClient
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger("gateway.app")
-#: Refusal reasons of the token budgets.
-_BUDGETS = ("daily_tokens", "monthly_tokens")
 access_log = logging.getLogger("gateway.access")
 prompt_log = logging.getLogger("gateway.prompts")
 
@@ -465,7 +464,7 @@ class Gateway:
                 )
         finally:
             metrics.in_flight.dec()
-            await self._finish(ctx, ctx.reservation, plan)
+            await self._finish(ctx, plan)
 
     async def _admit(self, ctx: RequestContext, principal: Principal, plan: Plan) -> None:
         """Admit the request against its limits; what it holds goes on ``ctx`` (settled
@@ -551,7 +550,7 @@ class Gateway:
                 )
                 ctx.reservation = held  # from here on, the request's end settles it
             except GatewayError as refused:
-                if refused.reason not in _BUDGETS:
+                if refused.reason not in BUDGET_LIMITS:
                     raise
                 spent = refused
             counted = await counting
@@ -576,15 +575,13 @@ class Gateway:
                 await limiter.top_up(held, subjects, cost - held.budget_reserved)
             return held
         except GatewayError as refused:
-            if refused.reason in _BUDGETS:
+            if refused.reason in BUDGET_LIMITS:
                 # Spent: the next request's estimate admission refuses without a count
                 # when not even its floor fits.
                 self._near_budgets.forget(subjects)
             raise
 
-    async def _finish(
-        self, ctx: RequestContext, reservation: Reservation | None, plan: Plan | None
-    ) -> None:
+    async def _finish(self, ctx: RequestContext, plan: Plan | None) -> None:
         ended = time.perf_counter()
         metrics = self.metrics
         principal = ctx.principal
@@ -626,6 +623,7 @@ class Gateway:
             log.exception("request %s: recording metrics failed", ctx.request_id)
         if principal is None or self.services is None:
             return  # unauthenticated: nobody to bill
+        reservation: Reservation | None = ctx.reservation
         actual = ctx.prompt_tokens + ctx.completion_tokens
         if (
             reservation is not None

@@ -77,6 +77,11 @@ local function days_from_civil(y, m)
   local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
+-- the unix second at which the month after month m of year y starts
+local function next_month_start(y, m)
+  if m == 12 then return days_from_civil(y + 1, 1) * 86400 end
+  return days_from_civil(y, m + 1) * 86400
+end
 """
 
 #: ARGV: member, reserve, slot_ttl, nlevels, budget reserve, budget floor, exact ('1':
@@ -260,10 +265,8 @@ for i = 0, n - 1 do
     local used = tonumber(redis.call('GET', base .. ':m:' .. month) or '0')
     if used + breserve > monthly then
       if not exact and used + floor <= monthly then return {2, 'monthly_tokens', lvl} end
-      local ny, nm = y, m + 1
-      if nm > 12 then ny, nm = y + 1, 1 end
       return {0, 'monthly_tokens', lvl, monthly, math.max(0, monthly - used),
-              days_from_civil(ny, nm) * 86400 - sec}
+              next_month_start(y, m) - sec}
     end
   end
   state[lvl] = {base, rpm, tpm, conc, rpm_used, tpm_used, rpm_first, tpm_first}
@@ -402,10 +405,9 @@ for i = 0, n - 1 do
   if monthly >= 0 then
     local used = tonumber(redis.call('GET', base .. ':m:' .. month) or '0')
     if used + extra > monthly then
-      local y, m = math.floor(tonumber(month) / 100), tonumber(month) % 100 + 1
-      if m > 12 then y, m = y + 1, 1 end
+      local y, m = math.floor(tonumber(month) / 100), tonumber(month) % 100
       return {0, 'monthly_tokens', i + 1, monthly, math.max(0, monthly - used),
-              days_from_civil(y, m) * 86400 - sec}
+              next_month_start(y, m) - sec}
     end
   end
 end
@@ -544,12 +546,12 @@ def has_admission_limits(subjects: list[Subject]) -> bool:
     )
 
 
+#: The token budgets' limit fields, which are also their refusal reasons.
+BUDGET_LIMITS = ("daily_tokens", "monthly_tokens")
+
+
 def has_budget(subjects: list[Subject]) -> bool:
-    return any(
-        s.limits.get(name) is not None
-        for s in subjects
-        for name in ("daily_tokens", "monthly_tokens")
-    )
+    return any(s.limits.get(name) is not None for s in subjects for name in BUDGET_LIMITS)
 
 
 def _rate_headers(values: list[int]) -> list[tuple[bytes, bytes]]:
@@ -656,14 +658,11 @@ class Limiter:
                 ],
                 headers=_rate_headers([int(v) for v in result[4:10]]),
             )
-        reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
-        subject = subjects[int(result[2]) - 1]
         if int(result[0]) == 2:
-            raise NeedsExactCount(reason, subject.label, int(result[2]) - 1)
-        limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
-        raise refusal(
-            reason, subject.level, limit, remaining, retry_after, reserve, label=subject.label
-        )
+            reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+            index = int(result[2]) - 1
+            raise NeedsExactCount(reason, subjects[index].label, index)
+        raise _refused(result, subjects, reserve)
 
     async def top_up(self, reservation: Reservation, subjects: list[Subject], extra: int) -> None:
         """Hold ``extra`` more tokens in the day and month counters for an admitted
@@ -688,12 +687,7 @@ class Limiter:
             return
         if int(result[0]) == 3:
             raise LimitsUnavailable("the budget counters were re-seeded during the admission")
-        reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
-        subject = subjects[int(result[2]) - 1]
-        limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
-        raise refusal(
-            reason, subject.level, limit, remaining, retry_after, extra, label=subject.label
-        )
+        raise _refused(result, subjects, extra)
 
     def settle_args(
         self, reservation: Reservation | None, actual_tokens: int, event_json: str
@@ -741,6 +735,17 @@ class Limiter:
         """Run a settle from its arguments (a journal replays them); ``False`` if that
         request had settled already."""
         return int(await self.scripts.run(SETTLE, [contract.USAGE_STREAM], args)) == 1
+
+
+def _refused(result: list[Any], subjects: list[Subject], reserve: int) -> GatewayError:
+    """The 429 of a script's refusal, ``{0, reason, level index, limit, remaining,
+    retry_after}``."""
+    reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+    subject = subjects[int(result[2]) - 1]
+    limit, remaining, retry_after = int(result[3]), int(result[4]), max(1, int(result[5]))
+    return refusal(
+        reason, subject.level, limit, remaining, retry_after, reserve, label=subject.label
+    )
 
 
 def refusal(

@@ -324,3 +324,44 @@ def test_each_settle_applies_once_remembered_in_a_bitmap_per_process(redis_clien
     assert redis_client.bitcount(bitmaps[0]) == 3 and redis_client.bitcount(bitmaps[1]) == 1
     assert 0 < redis_client.ttl(bitmaps[0]) <= 900
     assert redis_client.exists(f"{prefix}{members[-1]}")
+
+
+def _next_month_start(now: float) -> int:
+    day = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    first = dt.date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    return int(dt.datetime(first.year, first.month, 1, tzinfo=dt.UTC).timestamp())
+
+
+def test_top_up_adds_to_every_level_or_refuses_with_the_budgets_reset(redis_client, redis_url):
+    """The top-up of an admitted request (its prompt counted above the estimate) adds to
+    the day and month counters of every level when all budgets have room; otherwise it
+    changes nothing and its 429 says when the refusing budget resets."""
+
+    async def scenario():
+        async with Harness(redis_url) as h:
+            s = subjects(key={"daily_tokens": 100}, org={"monthly_tokens": 1000})
+            held = await h.limiter.admit(s, "m-1", 30, budget_reserve=None)
+            await h.limiter.top_up(held, s, 50)
+            assert held.budget_reserved == 80
+            daily = await _refused_top_up(h, held, s, 21)  # 80 + 21 > 100
+            now = time.time()
+            assert daily.reason == "daily_tokens"
+            assert 0 < int(headers(daily)["retry-after"]) <= 86400 - int(now) % 86400 + 2
+            s[1].limits = {"monthly_tokens": 90}
+            monthly = await _refused_top_up(h, held, s, 11)  # 80 + 11 > 90
+            now = time.time()
+            assert monthly.reason == "monthly_tokens"
+            assert abs(int(headers(monthly)["retry-after"]) - (_next_month_start(now) - now)) < 3
+            return s, held
+
+    s, held = run(scenario())
+    for subject in s:
+        assert int(redis_client.get(f"{subject.base}:d:{held.day}")) == 80
+        assert int(redis_client.get(f"{subject.base}:m:{held.month}")) == 80
+
+
+async def _refused_top_up(h, held, s, extra) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        await h.limiter.top_up(held, s, extra)
+    assert info.value.status == 429 and held.budget_reserved == 80
+    return info.value
